@@ -1,0 +1,123 @@
+"""Agents: `async def agent(session) -> answer`.
+
+An agent gets a `Session` (prompt, task, bindings, `open_tunnel(name)`, a step recorder)
+and returns the answer that `tasks.grade` receives. Agents are passed as objects or as
+specs resolved on the worker: `pkg.mod:attr`, `path/to/file.py:attr`, or a built-in name
+(`rule`, `nop`, `echo`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from hud_ray.tasks import Task
+    from hud_ray.wire import EnvClient
+
+Agent = Callable[["Session"], Awaitable[Any]]
+
+BUILTIN_AGENTS = {
+    "rule": "hud_ray.agents.rule:rule_agent",
+    "nop": "hud_ray.agents.builtin:nop",
+    "echo": "hud_ray.agents.builtin:echo",
+}
+
+
+class AgentSpecError(ValueError):
+    """An agent spec that cannot be resolved; the message names the spec."""
+
+
+@dataclass
+class Session:
+    """What an agent sees of its rollout."""
+
+    prompt: Any
+    task: Task
+    rollout_key: str
+    bindings: list[dict[str, Any]] = field(default_factory=list)
+    client: EnvClient | None = None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def prompt_text(self) -> str:
+        """The prompt as one string (message prompts are joined by their content)."""
+        if isinstance(self.prompt, str):
+            return self.prompt
+        if isinstance(self.prompt, list):
+            parts = []
+            for message in self.prompt:
+                content = message.get("content") if isinstance(message, dict) else message
+                parts.append(content if isinstance(content, str) else str(content))
+            return "\n".join(parts)
+        return str(self.prompt)
+
+    async def open_tunnel(
+        self, capability: str
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A raw stream to a capability inside the sandbox (SSH, MCP, VNC, a DB …)."""
+        if self.client is None:
+            raise RuntimeError("this session has no env connection")
+        return await self.client.open_tunnel(capability)
+
+    def record_step(self, kind: str, **data: Any) -> None:
+        """Append a step to the trace stored in the `steps` column."""
+        self.steps.append({"kind": kind, "t": time.time(), **data})
+
+
+def agent_name(agent: Any) -> str:
+    if isinstance(agent, str):
+        return agent
+    name = getattr(agent, "__qualname__", None) or type(agent).__qualname__
+    return f"{getattr(agent, '__module__', '?')}:{name}"
+
+
+def resolve_agent(spec: str | Agent) -> Agent:
+    """An agent object from a spec (objects pass through)."""
+    if not isinstance(spec, str):
+        if not callable(spec):
+            raise AgentSpecError(f"agent {spec!r} is not callable")
+        return spec
+    target = BUILTIN_AGENTS.get(spec, spec)
+    module_part, sep, attr = target.rpartition(":")
+    if not sep or not module_part or not attr:
+        raise AgentSpecError(
+            f"agent spec {spec!r}: expected 'pkg.module:attr', 'file.py:attr' or one of "
+            f"{sorted(BUILTIN_AGENTS)}"
+        )
+    module = _import_module(spec, module_part)
+    try:
+        agent = getattr(module, attr)
+    except AttributeError:
+        raise AgentSpecError(f"agent spec {spec!r}: {module_part} has no attribute {attr!r}") from None
+    if not callable(agent):
+        raise AgentSpecError(f"agent spec {spec!r}: {attr!r} is not callable")
+    return agent
+
+
+def _import_module(spec: str, module_part: str) -> Any:
+    if module_part.endswith(".py"):
+        path = Path(module_part)
+        if not path.is_file():
+            raise AgentSpecError(f"agent spec {spec!r}: file {module_part} not found")
+        name = f"_hud_ray_agent_{path.stem}_{abs(hash(str(path.resolve())))}"
+        if name in sys.modules:
+            return sys.modules[name]
+        loader_spec = importlib.util.spec_from_file_location(name, path)
+        assert loader_spec is not None and loader_spec.loader is not None
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[name] = module
+        loader_spec.loader.exec_module(module)
+        return module
+    try:
+        return importlib.import_module(module_part)
+    except ImportError as exc:
+        raise AgentSpecError(f"agent spec {spec!r}: cannot import {module_part}: {exc}") from None

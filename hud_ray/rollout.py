@@ -1,0 +1,337 @@
+"""One rollout, no Ray: provision → ready → start → agent → grade → teardown.
+
+One wall-clock deadline covers provision through grade; on expiry the env gets
+`tasks.cancel` and the row says `timeout` with the phase it was in. Teardown runs
+shielded from cancellation, so a sandbox is destroyed even when the caller is cancelled.
+A failed rollout is a row (see `schema.Status`), never an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from typing import Any
+
+from pydantic import BaseModel
+
+from hud_ray.agents import Agent, Session, agent_name
+from hud_ray.schema import RolloutResult, Status, utcnow
+from hud_ray.tasks import Rollout
+from hud_ray.wire import EnvClient, ProtocolError, RemoteError, TransportError, WireError
+from providers import (
+    LABEL_OWNER,
+    LABEL_ROLLOUT,
+    LABEL_RUN,
+    Endpoint,
+    Provider,
+    ProviderConfigError,
+    QuotaError,
+    SandboxHandle,
+    SandboxSpec,
+    sandbox_name,
+    shielded,
+)
+
+
+class RolloutConfig(BaseModel):
+    run_id: str = "adhoc"
+    owner: str = "hud-ray"
+    deadline_s: float = 600.0
+    ready_timeout_s: float = 120.0
+    cancel_timeout_s: float = 5.0
+    teardown_timeout_s: float = 60.0
+    heartbeat_s: float | None = 120.0
+    attempt: int = 1
+    worker_id: str | None = None
+    node_id: str | None = None
+
+
+class RolloutFailure(Exception):
+    """Internal: ends the phases early with a classified status."""
+
+    def __init__(self, status: Status, exc: BaseException | str, *, fatal: bool = False) -> None:
+        message = exc if isinstance(exc, str) else f"{exc}"
+        super().__init__(message)
+        self.status = status
+        self.error_type = "RolloutFailure" if isinstance(exc, str) else type(exc).__name__
+        self.fatal = fatal
+
+
+def rollout_labels(run_id: str, rollout_key: str, owner: str) -> dict[str, str]:
+    return {LABEL_RUN: run_id, LABEL_ROLLOUT: rollout_key, LABEL_OWNER: owner}
+
+
+def sandbox_spec(rollout: Rollout, config: RolloutConfig, deadline_s: float) -> SandboxSpec:
+    runtime = rollout.task.runtime_config
+    limits = runtime.limits if runtime else None
+    return SandboxSpec(
+        name=sandbox_name(config.run_id, rollout.rollout_key, config.attempt),
+        image=runtime.image if runtime else None,
+        env_name=rollout.task.env_name,
+        resources=runtime.resources if runtime else None,
+        lifetime_s=deadline_s + config.teardown_timeout_s,
+        startup_timeout_s=(limits.startup_timeout_s if limits and limits.startup_timeout_s
+                           else config.ready_timeout_s),
+    )
+
+
+class RolloutRunner:
+    """Runs one rollout and remembers how far it got, so a cancelled caller can still
+    build the row (`result_as(Status.CANCELLED)`)."""
+
+    def __init__(
+        self, rollout: Rollout, agent: Agent, provider: Provider, config: RolloutConfig
+    ) -> None:
+        self.rollout = rollout
+        self.agent = agent
+        self.provider = provider
+        self.config = config
+        limits = rollout.task.runtime_config.limits if rollout.task.runtime_config else None
+        self.deadline_s = (limits.run_timeout_s if limits and limits.run_timeout_s
+                           else config.deadline_s)
+        self.phase = "provision"
+        self.timings: dict[str, float] = {}
+        self.handle: SandboxHandle | None = None
+        self.client: EnvClient | None = None
+        self.session: Session | None = None
+        self.prompt: Any = None
+        self.answer: Any = None
+        self.grade: dict[str, Any] | None = None
+        self.started_at = utcnow()
+        self._t0 = time.monotonic()
+        self._sandbox_t0: float | None = None
+        self._sandbox_s: float | None = None
+        self._teardown_error: str | None = None
+
+    # --- entry -----------------------------------------------------------------------
+    async def run(self) -> RolloutResult:
+        deadline = asyncio.timeout(self.deadline_s)
+        try:
+            async with deadline:
+                await self._phases()
+            status, failure = Status.OK, None
+        except RolloutFailure as exc:
+            status, failure = exc.status, exc
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise
+            status, failure = Status.TIMEOUT, RolloutFailure(
+                Status.TIMEOUT, f"deadline of {self.deadline_s:.1f}s passed in phase {self.phase}"
+            )
+            failure.error_type = type(exc).__name__
+            await self._cancel_task()
+        finally:
+            await self._teardown()
+        return self._result(status, failure)
+
+    def result_as(self, status: Status, message: str = "") -> RolloutResult:
+        """The row for a rollout that ended from outside (cancelled, worker killed)."""
+        failure = RolloutFailure(status, message or f"{status.value} in phase {self.phase}")
+        return self._result(status, failure)
+
+    # --- phases ----------------------------------------------------------------------
+    async def _phases(self) -> None:
+        await self._timed("provision", self._provision())
+        endpoint = await self._timed("ready", self._ready())
+        await self._timed("ready", self._connect(endpoint))
+        await self._timed("start", self._start())
+        await self._timed("agent", self._run_agent())
+        await self._timed("grade", self._grade())
+
+    async def _timed(self, phase: str, awaitable: Any) -> Any:
+        self.phase = phase
+        t0 = time.monotonic()
+        try:
+            return await awaitable
+        finally:
+            self.timings[phase] = self.timings.get(phase, 0.0) + time.monotonic() - t0
+
+    async def _provision(self) -> None:
+        spec = sandbox_spec(self.rollout, self.config, self.deadline_s)
+        labels = rollout_labels(self.config.run_id, self.rollout.rollout_key, self.config.owner)
+        try:
+            self.provider.check_spec(spec)
+            self._sandbox_t0 = time.monotonic()
+            self.handle = await self.provider.create(spec, labels)
+        except ProviderConfigError as exc:
+            raise RolloutFailure(Status.INFRA_ERROR, exc, fatal=True) from None
+        except QuotaError as exc:
+            raise RolloutFailure(Status.QUOTA_ERROR, exc) from None
+        except Exception as exc:
+            raise RolloutFailure(Status.INFRA_ERROR, exc) from None
+
+    async def _ready(self) -> Endpoint:
+        assert self.handle is not None
+        try:
+            return await self.provider.ready(self.handle, self._remaining())
+        except ProviderConfigError as exc:
+            raise RolloutFailure(Status.INFRA_ERROR, exc, fatal=True) from None
+        except QuotaError as exc:
+            raise RolloutFailure(Status.QUOTA_ERROR, exc) from None
+        except Exception as exc:
+            raise RolloutFailure(Status.INFRA_ERROR, exc) from None
+
+    async def _connect(self, endpoint: Endpoint) -> None:
+        try:
+            self.client = await EnvClient.connect(
+                endpoint.url,
+                preamble=endpoint.preamble,
+                ready_timeout_s=min(self._remaining(), self.config.ready_timeout_s),
+                call_timeout_s=self._remaining(),
+                heartbeat_s=self.config.heartbeat_s,
+            )
+        except RemoteError as exc:
+            raise RolloutFailure(Status.ENV_ERROR, exc) from None
+        except WireError as exc:
+            raise RolloutFailure(Status.INFRA_ERROR, await self._with_output(exc)) from None
+
+    async def _start(self) -> None:
+        assert self.client is not None
+        task = self.rollout.task
+        try:
+            started = await self.client.start(task.id, task.args, timeout_s=self._remaining())
+        except WireError as exc:
+            raise await self._wire_failure(exc) from None
+        self.prompt = started["prompt"]
+        self.session = Session(
+            prompt=self.prompt,
+            task=task,
+            rollout_key=self.rollout.rollout_key,
+            bindings=started.get("bindings") or self.client.bindings,
+            client=self.client,
+        )
+
+    async def _run_agent(self) -> None:
+        assert self.session is not None
+        agent_timeout = self.rollout.task.agent_timeout_s
+        try:
+            if agent_timeout is not None and agent_timeout < self._remaining():
+                try:
+                    async with asyncio.timeout(agent_timeout):
+                        self.answer = await self.agent(self.session)
+                except TimeoutError:
+                    await self._cancel_task()
+                    raise RolloutFailure(
+                        Status.TIMEOUT, f"agent exceeded agent_config.timeout_seconds={agent_timeout}"
+                    ) from None
+            else:
+                self.answer = await self.agent(self.session)
+        except (RolloutFailure, asyncio.CancelledError):
+            raise
+        except TimeoutError:
+            raise  # the rollout deadline: handled in run()
+        except Exception as exc:
+            # A dead control connection means the sandbox went away under the agent.
+            if self.client is not None and isinstance(self.client._broken, TransportError):
+                raise RolloutFailure(Status.INFRA_ERROR, self.client._broken) from None
+            raise RolloutFailure(Status.AGENT_ERROR, exc) from None
+
+    async def _grade(self) -> None:
+        assert self.client is not None
+        try:
+            self.grade = await self.client.grade(self.answer, timeout_s=self._remaining())
+        except WireError as exc:
+            raise await self._wire_failure(exc) from None
+
+    # --- failure helpers ---------------------------------------------------------------
+    async def _wire_failure(self, exc: WireError) -> RolloutFailure:
+        if isinstance(exc, ProtocolError):  # includes RemoteError: the env said no
+            return RolloutFailure(Status.ENV_ERROR, exc)
+        if isinstance(exc, TransportError):
+            return RolloutFailure(Status.INFRA_ERROR, await self._with_output(exc))
+        return RolloutFailure(Status.TIMEOUT, exc)
+
+    async def _with_output(self, exc: Exception) -> str:
+        tail = ""
+        if self.handle is not None:
+            with contextlib.suppress(Exception):
+                tail = await asyncio.wait_for(self.provider.diagnostics(self.handle), 2.0)
+        return f"{exc}" + (f"\nenv output:\n{tail}" if tail else "")
+
+    def _remaining(self) -> float:
+        return max(0.001, self.deadline_s - (time.monotonic() - self._t0))
+
+    async def _cancel_task(self) -> None:
+        if self.client is not None and self.phase in ("start", "agent", "grade"):
+            with contextlib.suppress(WireError, OSError):
+                await shielded(self.client.cancel(self.config.cancel_timeout_s))
+
+    async def _teardown(self) -> None:
+        t0 = time.monotonic()
+        try:
+            await shielded(asyncio.wait_for(self._release(), self.config.teardown_timeout_s))
+        except TimeoutError:
+            self._teardown_error = f"teardown timed out after {self.config.teardown_timeout_s}s"
+        except Exception as exc:
+            self._teardown_error = f"teardown: {type(exc).__name__}: {exc}"
+        finally:
+            self.timings["teardown"] = time.monotonic() - t0
+            if self._sandbox_t0 is not None:
+                self._sandbox_s = time.monotonic() - self._sandbox_t0
+
+    async def _release(self) -> None:
+        if self.client is not None:
+            await self.client.bye()
+        if self.handle is not None:
+            await self.provider.destroy(self.handle)
+
+    # --- the row -----------------------------------------------------------------------
+    def _result(self, status: Status, failure: RolloutFailure | None) -> RolloutResult:
+        task = self.rollout.task
+        message = str(failure) if failure else None
+        if self._teardown_error:
+            message = f"{message}; {self._teardown_error}" if message else self._teardown_error
+        return RolloutResult(
+            run_id=self.config.run_id,
+            rollout_key=self.rollout.rollout_key,
+            slug=task.slug or "",
+            env=task.env_name,
+            template_id=task.id,
+            args=task.args,
+            group_id=self.rollout.group_id,
+            repeat=self.rollout.repeat,
+            variant=self.rollout.variant,
+            agent=agent_name(self.agent),
+            provider=self.provider.name,
+            sandbox_id=self.handle.sandbox_id if self.handle else None,
+            worker_id=self.config.worker_id,
+            node_id=self.config.node_id,
+            status=status,
+            timeout_phase=self.phase if status is Status.TIMEOUT else None,
+            error_type=failure.error_type if failure else None,
+            error_message=message,
+            fatal=bool(failure and failure.fatal),
+            attempts=self.config.attempt,
+            reward=float(self.grade["score"]) if status is Status.OK and self.grade else None,
+            grade=self.grade,
+            answer=_as_text(self.answer),
+            prompt=_as_text(self.prompt),
+            steps=self.session.steps if self.session else [],
+            columns=task.columns,
+            started_at=self.started_at,
+            finished_at=utcnow(),
+            provision_s=self.timings.get("provision"),
+            ready_s=self.timings.get("ready"),
+            start_s=self.timings.get("start"),
+            agent_s=self.timings.get("agent"),
+            grade_s=self.timings.get("grade"),
+            teardown_s=self.timings.get("teardown"),
+            total_s=time.monotonic() - self._t0,
+            sandbox_seconds=self._sandbox_s,
+        )
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, default=str)
+
+
+async def run_rollout(
+    rollout: Rollout, agent: Agent, provider: Provider, config: RolloutConfig | None = None
+) -> RolloutResult:
+    """Run one rollout to a row. Cancellation tears the sandbox down, then propagates."""
+    runner = RolloutRunner(rollout, agent, provider, config or RolloutConfig())
+    return await runner.run()

@@ -1,0 +1,110 @@
+"""One row per finished rollout: the pydantic model and the Arrow schema it lands in.
+
+Anyone can read a run with pyarrow.dataset, duckdb, polars or pandas: JSON-ish values
+(args, grade, steps, columns) are stored as JSON strings, times as UTC timestamps.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class Status(StrEnum):
+    OK = "ok"
+    AGENT_ERROR = "agent_error"
+    ENV_ERROR = "env_error"
+    TIMEOUT = "timeout"
+    INFRA_ERROR = "infra_error"
+    QUOTA_ERROR = "quota_error"
+    CANCELLED = "cancelled"
+
+
+RETRYABLE = frozenset({Status.INFRA_ERROR, Status.QUOTA_ERROR})
+PHASES = ("provision", "ready", "start", "agent", "grade", "teardown")
+
+
+class RolloutResult(BaseModel):
+    run_id: str = ""
+    rollout_key: str
+    slug: str
+    env: str | None = None
+    template_id: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    group_id: str
+    repeat: int = 0
+    variant: str | None = None
+    agent: str = ""
+    provider: str = ""
+    sandbox_id: str | None = None
+    worker_id: str | None = None
+    node_id: str | None = None
+    status: Status
+    timeout_phase: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    fatal: bool = Field(False, description="a config error: the run should stop")
+    attempts: int = 1
+    reward: float | None = None
+    grade: dict[str, Any] | None = None
+    answer: str | None = None
+    prompt: str | None = None
+    steps: list[dict[str, Any]] = Field(default_factory=list)
+    columns: dict[str, Any] = Field(default_factory=dict)
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    provision_s: float | None = None
+    ready_s: float | None = None
+    start_s: float | None = None
+    agent_s: float | None = None
+    grade_s: float | None = None
+    teardown_s: float | None = None
+    total_s: float | None = None
+    sandbox_seconds: float | None = None
+
+    @property
+    def retryable(self) -> bool:
+        return self.status in RETRYABLE and not self.fatal
+
+    def to_row(self) -> dict[str, Any]:
+        row = self.model_dump(exclude={"fatal"})
+        row["status"] = self.status.value
+        for key in ("args", "grade", "steps", "columns"):
+            row[key] = None if row[key] is None else json.dumps(row[key], default=str)
+        return row
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _fields() -> list[tuple[str, Any]]:
+    import pyarrow as pa
+
+    ts = pa.timestamp("us", tz="UTC")
+    return [
+        ("run_id", pa.string()), ("rollout_key", pa.string()), ("slug", pa.string()),
+        ("env", pa.string()), ("template_id", pa.string()), ("args", pa.string()),
+        ("group_id", pa.string()), ("repeat", pa.int32()), ("variant", pa.string()),
+        ("agent", pa.string()), ("provider", pa.string()), ("sandbox_id", pa.string()),
+        ("worker_id", pa.string()), ("node_id", pa.string()), ("status", pa.string()),
+        ("timeout_phase", pa.string()), ("error_type", pa.string()),
+        ("error_message", pa.string()), ("attempts", pa.int32()), ("reward", pa.float64()),
+        ("grade", pa.string()), ("answer", pa.string()), ("prompt", pa.string()),
+        ("steps", pa.string()), ("columns", pa.string()),
+        ("queued_at", ts), ("started_at", ts), ("finished_at", ts),
+        ("provision_s", pa.float64()), ("ready_s", pa.float64()), ("start_s", pa.float64()),
+        ("agent_s", pa.float64()), ("grade_s", pa.float64()), ("teardown_s", pa.float64()),
+        ("total_s", pa.float64()), ("sandbox_seconds", pa.float64()),
+    ]
+
+
+def arrow_schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema(_fields(), metadata={"hud_ray.schema_version": "1"})

@@ -1,0 +1,254 @@
+"""HUD task rows, loaded as-is from JSON, JSONL or Parquet, and expanded into rollouts.
+
+A row is what hud's `Taskset.to_file` writes:
+`{"env", "id", "args", "slug", "agent_config", "columns", "runtime_config", ...}`.
+JSONL and Parquet are streamed: a million-row file is never held in memory. Every bad row
+raises one `TaskFileError` naming the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from providers.base import Resources
+
+
+class TaskFileError(ValueError):
+    """A task file that cannot be used; the message names file, line and field."""
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    startup_timeout_s: float | None = None
+    run_timeout_s: float | None = None
+
+
+class RuntimeConfig(BaseModel):
+    """hud's `runtime_config` (unknown fields rejected, as hud does)."""
+
+    model_config = ConfigDict(extra="forbid")
+    image: str | None = None
+    compose: Any = None
+    resources: Resources | None = None
+    limits: Limits | None = None
+
+    @model_validator(mode="after")
+    def _image_xor_compose(self) -> RuntimeConfig:
+        if self.image is not None and self.compose is not None:
+            raise ValueError("runtime_config: give image or compose, not both")
+        return self
+
+
+def default_slug(template_id: str, args: dict[str, Any]) -> str:
+    """hud's default: `id + "-" + sha1(args)[:8]` over canonical JSON of the args."""
+    canonical = json.dumps(args, sort_keys=True, separators=(",", ":"), default=str)
+    return f"{template_id}-{hashlib.sha1(canonical.encode()).hexdigest()[:8]}"
+
+
+class Task(BaseModel):
+    """One HUD task row. Unknown top-level keys are kept (newer hud versions add some)."""
+
+    model_config = ConfigDict(extra="allow")
+    env: str | dict[str, Any] | None = None
+    id: str = Field(min_length=1, description="template id inside the env")
+    args: dict[str, Any] = Field(default_factory=dict)
+    slug: str | None = None
+    agent_config: dict[str, Any] | None = None
+    columns: dict[str, Any] = Field(default_factory=dict)
+    runtime_config: RuntimeConfig | None = None
+    validation: Any = None
+    verifier: Any = None
+
+    @model_validator(mode="after")
+    def _fill_slug(self) -> Task:
+        if not self.slug:
+            self.slug = default_slug(self.id, self.args)
+        return self
+
+    @property
+    def env_name(self) -> str | None:
+        if isinstance(self.env, dict):
+            return self.env.get("name")
+        return self.env
+
+    @property
+    def agent_timeout_s(self) -> float | None:
+        value = (self.agent_config or {}).get("timeout_seconds")
+        return float(value) if value is not None else None
+
+
+class Rollout(BaseModel):
+    """One unit of work: a task, which repeat, under which variant."""
+
+    task: Task
+    repeat: int = 0
+    variant: str | None = None
+    source_line: int | None = None
+
+    @property
+    def group_id(self) -> str:
+        base = self.task.slug or ""
+        return f"{base}@{self.variant}" if self.variant else base
+
+    @property
+    def rollout_key(self) -> str:
+        key = f"{self.task.slug}#{self.repeat}"
+        return f"{key}@{self.variant}" if self.variant else key
+
+
+def _field_error(path: str, line: int, exc: ValidationError) -> TaskFileError:
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "(row)"
+    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return TaskFileError(f"{path}:{line}: field {field!r}: {err['msg']}{more}")
+
+
+def _parse_row(path: str, line: int, row: Any) -> Task:
+    if not isinstance(row, dict):
+        raise TaskFileError(f"{path}:{line}: a task row must be a JSON object, got {type(row).__name__}")
+    try:
+        return Task.model_validate(row)
+    except ValidationError as exc:
+        raise _field_error(path, line, exc) from None
+
+
+def iter_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, raw row) pairs; JSONL and Parquet are streamed."""
+    file = Path(path)
+    name = str(path)
+    try:
+        if file.suffix == ".jsonl":
+            yield from _iter_jsonl(file, name)
+        elif file.suffix == ".json":
+            yield from _iter_json(file, name)
+        elif file.suffix == ".parquet":
+            yield from _iter_parquet(file)
+        else:
+            raise TaskFileError(f"{name}: unknown task file type (want .json, .jsonl or .parquet)")
+    except FileNotFoundError:
+        raise TaskFileError(f"{name}: task file not found") from None
+    except IsADirectoryError:
+        raise TaskFileError(f"{name}: is a directory, not a task file") from None
+    except PermissionError:
+        raise TaskFileError(f"{name}: task file is not readable (permission denied)") from None
+
+
+def _iter_jsonl(file: Path, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    with file.open("rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except ValueError as exc:
+                raise TaskFileError(f"{name}:{line_no}: malformed JSON: {exc}") from None
+            yield line_no, row
+
+
+def _iter_json(file: Path, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    # A .json taskset is one array (or {"tasks": [...]}); it has to be parsed whole.
+    try:
+        data = json.loads(file.read_bytes())
+    except ValueError as exc:
+        raise TaskFileError(f"{name}: malformed JSON: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("tasks"), list):
+        data = data["tasks"]
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise TaskFileError(f"{name}: expected a JSON array of task rows")
+    for index, row in enumerate(data):
+        yield index + 1, row  # "line" = 1-based row index in the array
+
+
+def _iter_parquet(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
+    row_no = 0
+    for batch in pq.ParquetFile(file).iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            row_no += 1
+            # JSON-typed columns may be stored as strings
+            for key in ("args", "agent_config", "columns", "runtime_config", "env"):
+                value = row.get(key)
+                if isinstance(value, str) and value[:1] in "{[":
+                    row[key] = json.loads(value)
+            yield row_no, {k: v for k, v in row.items() if v is not None}
+
+
+class SlugRegistry:
+    """Duplicate-slug detection while streaming: 8-byte digests, not whole slugs."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self._seen: dict[int, int] = {}
+
+    def add(self, slug: str, line: int) -> None:
+        digest = int.from_bytes(hashlib.blake2b(slug.encode(), digest_size=8).digest(), "big")
+        first = self._seen.setdefault(digest, line)
+        if first != line:
+            raise TaskFileError(
+                f"{self.source}: duplicate slug {slug!r} on lines {first} and {line}"
+                " (slugs must be unique in a taskset)"
+            )
+
+
+def iter_tasks(path: str | Path) -> Iterator[tuple[int, Task]]:
+    """Validated tasks with their line numbers, streamed; duplicate slugs are an error."""
+    name = str(path)
+    slugs = SlugRegistry(name)
+    for line, row in iter_rows(path):
+        task = _parse_row(name, line, row)
+        slugs.add(task.slug or "", line)
+        yield line, task
+
+
+def load_tasks(source: str | Path | Iterable[Task | dict[str, Any]]) -> list[Task]:
+    """Every task of a file or an iterable, validated (small tasksets, notebooks)."""
+    return [task for _, task in tasks_from(source)]
+
+
+def tasks_from(
+    source: str | Path | Iterable[Task | dict[str, Any]],
+) -> Iterator[tuple[int, Task]]:
+    if isinstance(source, str | Path):
+        yield from iter_tasks(source)
+        return
+    slugs = SlugRegistry("<tasks>")
+    for index, item in enumerate(source, start=1):
+        task = item if isinstance(item, Task) else _parse_row("<tasks>", index, item)
+        slugs.add(task.slug or "", index)
+        yield index, task
+
+
+def expand(
+    tasks: Iterable[tuple[int, Task]], repeats: int = 1, variant: str | None = None
+) -> Iterator[Rollout]:
+    """Rollouts in task order; repeats of one task share its group_id."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    for line, task in tasks:
+        for repeat in range(repeats):
+            yield Rollout(task=task, repeat=repeat, variant=variant, source_line=line)
+
+
+def count_rows(path: str | Path) -> int | None:
+    """Row count without parsing (for progress); None when unknown."""
+    file = Path(path)
+    try:
+        if file.suffix == ".jsonl":
+            with file.open("rb") as fh:
+                return sum(1 for raw in fh if raw.strip())
+        if file.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(file).metadata.num_rows
+    except OSError:
+        return None
+    return None

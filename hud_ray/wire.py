@@ -1,0 +1,450 @@
+"""Client for HUD's env wire protocol: line-delimited JSON-RPC 2.0 over TCP.
+
+One control connection per rollout. A reader task matches replies to request ids, so a
+`tasks.cancel` or a heartbeat can go out while a long `tasks.grade` is pending (hud's
+server runs start/grade beside its read loop for exactly this). Every failure is one of
+three typed errors, so a rollout can classify it:
+
+- `TransportError`: the connection could not be made or broke (refused, reset, EOF).
+- `WireTimeout`: no reply within the call's timeout (also a `TimeoutError`).
+- `ProtocolError`: the peer spoke, but wrongly (garbage, oversized frame, bad shape);
+  `RemoteError` is its subclass for a JSON-RPC error object returned by the env.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+FRAME_LIMIT_BYTES = 16 * 1024 * 1024
+# The StreamReader buffer must hold a whole frame plus its newline.
+_READER_LIMIT = FRAME_LIMIT_BYTES + 1
+
+
+class WireError(Exception):
+    """Base class of every wire failure."""
+
+
+class TransportError(WireError):
+    """Connection refused, reset or closed by the peer."""
+
+
+class WireTimeout(WireError, TimeoutError):
+    """No reply in time."""
+
+
+class ProtocolError(WireError):
+    """The peer sent something that is not valid protocol."""
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame over FRAME_LIMIT_BYTES, in either direction."""
+
+
+class RemoteError(ProtocolError):
+    """The env answered with a JSON-RPC error object."""
+
+    def __init__(self, method: str, code: int, message: str) -> None:
+        super().__init__(f"{method}: env error {code}: {message}")
+        self.method = method
+        self.code = code
+        self.remote_message = message
+
+
+def encode_frame(message: dict[str, Any]) -> bytes:
+    """Compact JSON + newline; refuses frames over the limit before anything is sent."""
+    try:
+        data = json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"cannot encode frame: {exc}") from None
+    if len(data) > FRAME_LIMIT_BYTES:
+        what = message.get("method", "response")
+        raise FrameTooLarge(
+            f"{what} frame is {len(data)} bytes; the limit is {FRAME_LIMIT_BYTES} bytes"
+        )
+    return data + b"\n"
+
+
+async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+    """One frame, or None at EOF. The reader must have been opened with _READER_LIMIT."""
+    try:
+        line = await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial.strip():
+            raise TransportError("connection closed in the middle of a frame") from None
+        return None
+    except asyncio.LimitOverrunError:
+        raise FrameTooLarge(f"incoming frame exceeds {FRAME_LIMIT_BYTES} bytes") from None
+    except (ConnectionError, OSError) as exc:
+        raise TransportError(f"connection broke: {exc!r}") from None
+    if len(line) - 1 > FRAME_LIMIT_BYTES:
+        raise FrameTooLarge(f"incoming frame is {len(line) - 1} bytes")
+    try:
+        message = json.loads(line)
+    except ValueError:
+        raise ProtocolError(f"not JSON: {line[:120]!r}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(f"frame is not a JSON object: {line[:120]!r}")
+    return message
+
+
+async def open_stream(
+    host: str, port: int, *, preamble: bytes | None = None, timeout_s: float = 10.0
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """TCP connection with a frame-sized buffer; sends `preamble` (gate secret) first."""
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, limit=_READER_LIMIT), timeout_s
+        )
+    except TimeoutError:
+        raise WireTimeout(f"connect to {host}:{port} timed out after {timeout_s:.1f}s") from None
+    except OSError as exc:
+        raise TransportError(f"connect to {host}:{port} failed: {exc}") from None
+    if preamble:
+        writer.write(preamble)
+    return reader, writer
+
+
+def parse_url(url: str) -> tuple[str, int]:
+    if not url.startswith("tcp://"):
+        raise ValueError(f"endpoint must be tcp://host:port, got {url!r}")
+    host, sep, port = url[len("tcp://") :].rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"endpoint must be tcp://host:port, got {url!r}")
+    return host.strip("[]"), int(port)
+
+
+class EnvClient:
+    """A control session with one env server. Build it with `await EnvClient.connect(...)`."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        url: str,
+        preamble: bytes | None = None,
+        call_timeout_s: float = 60.0,
+    ) -> None:
+        self.url = url
+        self._preamble = preamble
+        self._reader = reader
+        self._writer = writer
+        self.call_timeout_s = call_timeout_s
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
+        self._write_lock = asyncio.Lock()
+        self._broken: WireError | None = None
+        self._reader_task = asyncio.create_task(self._read_loop())
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self.session_id: str | None = None
+        self.env_info: dict[str, Any] = {}
+        self.bindings: list[dict[str, Any]] = []
+
+    # --- connection ------------------------------------------------------------------
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        preamble: bytes | None = None,
+        ready_timeout_s: float = 240.0,
+        retry_interval_s: float = 0.5,
+        call_timeout_s: float = 60.0,
+        heartbeat_s: float | None = 120.0,
+        hello_params: dict[str, Any] | None = None,
+    ) -> EnvClient:
+        """Connect and say `hello`, retrying until the env is ready.
+
+        Refused connections, EOF and silence mean "not ready yet" (a forwarded port
+        accepts before the env serves); a JSON-RPC error or garbage is a real answer
+        and fails at once.
+        """
+        host, port = parse_url(url)
+        deadline = time.monotonic() + ready_timeout_s
+        last_error: Exception | None = None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WireTimeout(
+                    f"env at {url} not ready after {ready_timeout_s:.1f}s (last: {last_error})"
+                )
+            attempt_s = min(remaining, max(5.0, retry_interval_s))
+            client: EnvClient | None = None
+            try:
+                reader, writer = await open_stream(
+                    host, port, preamble=preamble, timeout_s=attempt_s
+                )
+                client = cls(
+                    reader, writer, url=url, preamble=preamble, call_timeout_s=call_timeout_s
+                )
+                await client.hello(hello_params, timeout_s=attempt_s)
+            except (TransportError, WireTimeout) as exc:
+                last_error = exc
+                if client is not None:
+                    await client.close()
+                await asyncio.sleep(min(retry_interval_s, max(0.0, deadline - time.monotonic())))
+                continue
+            except BaseException:
+                if client is not None:
+                    await client.close()
+                raise
+            if heartbeat_s:
+                client._heartbeat_task = asyncio.create_task(client._heartbeat(heartbeat_s))
+            return client
+
+    async def close(self) -> None:
+        """Drop the connection without ceremony (use `bye` for a polite goodbye)."""
+        for task in (self._heartbeat_task, self._reader_task):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+        self._fail_pending(TransportError("client closed"))
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._writer.wait_closed(), 1.0)
+
+    # --- calls -----------------------------------------------------------------------
+    async def call(
+        self, method: str, params: dict[str, Any] | None = None, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        if self._broken is not None:
+            raise type(self._broken)(f"{method}: {self._broken}")
+        request_id = next(self._ids)
+        frame = encode_frame(
+            {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or {}}
+        )
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = (method, future)
+        limit = self.call_timeout_s if timeout_s is None else timeout_s
+        try:
+            async with self._write_lock:
+                self._writer.write(frame)
+                await self._writer.drain()
+            reply = await asyncio.wait_for(asyncio.shield(future), limit)
+        except TimeoutError:
+            raise WireTimeout(f"{method}: no reply after {limit:.1f}s") from None
+        except (ConnectionError, OSError) as exc:
+            raise TransportError(f"{method}: connection broke: {exc!r}") from None
+        finally:
+            self._pending.pop(request_id, None)
+        return _unwrap(method, reply)
+
+    async def hello(
+        self, params: dict[str, Any] | None = None, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        result = await self.call("hello", params or {}, timeout_s)
+        session_id = result.get("session_id")
+        if not isinstance(session_id, str):
+            raise ProtocolError(f"hello: reply has no session_id: {result!r}")
+        self.session_id = session_id
+        self.env_info = result.get("env") or {}
+        bindings = result.get("bindings") or []
+        if not isinstance(bindings, list):
+            raise ProtocolError(f"hello: bindings is not a list: {bindings!r}")
+        self.bindings = bindings
+        return result
+
+    async def list_tasks(self, timeout_s: float | None = None) -> list[dict[str, Any]]:
+        return (await self.call("tasks.list", {}, timeout_s)).get("tasks", [])
+
+    async def start(
+        self, template_id: str, args: dict[str, Any], timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        result = await self.call("tasks.start", {"id": template_id, "args": args}, timeout_s)
+        if "prompt" not in result:
+            raise ProtocolError(f"tasks.start: reply has no prompt: {_short(result)}")
+        return result
+
+    async def grade(self, answer: Any, timeout_s: float | None = None) -> dict[str, Any]:
+        result = await self.call("tasks.grade", {"answer": answer}, timeout_s)
+        score = result.get("score")
+        if isinstance(score, bool) or not isinstance(score, int | float):
+            raise ProtocolError(f"tasks.grade: score is not a number: {_short(result)}")
+        if not math.isfinite(score):
+            raise ProtocolError(f"tasks.grade: score is not finite: {score!r}")
+        return result
+
+    async def cancel(self, timeout_s: float = 5.0) -> None:
+        await self.call("tasks.cancel", {}, timeout_s)
+
+    async def bye(self, timeout_s: float = 2.0) -> None:
+        """Polite goodbye, then close; never raises (teardown path)."""
+        with contextlib.suppress(WireError):
+            await self.call("bye", {}, timeout_s)
+        await self.close()
+
+    # --- tunnels ---------------------------------------------------------------------
+    async def open_tunnel(
+        self, capability: str, timeout_s: float = 30.0
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A raw byte stream to `capability` inside the sandbox (via `tunnel.open`)."""
+        return await open_tunnel(self.url, capability, preamble=self._preamble, timeout_s=timeout_s)
+
+    async def forward(self, capability: str, local_port: int = 0) -> TunnelForwarder:
+        """Listen on 127.0.0.1 and splice each connection to `capability`."""
+        forwarder = TunnelForwarder(self.url, capability, preamble=self._preamble)
+        await forwarder.start(local_port)
+        return forwarder
+
+    # --- internals -------------------------------------------------------------------
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                message = await read_frame(self._reader)
+                if message is None:
+                    raise TransportError("env closed the connection")
+                self._dispatch(message)
+        except WireError as exc:
+            self._broken = exc
+            self._fail_pending(exc)
+        except asyncio.CancelledError:
+            raise
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        entry = self._pending.get(message.get("id"))  # type: ignore[arg-type]
+        if entry is None:
+            if message.get("id") is None and "error" in message:
+                # hud's server reports an oversized request with id null, then closes.
+                err = message["error"] or {}
+                exc = RemoteError("(request)", err.get("code", -32000), err.get("message", ""))
+                self._broken = exc
+                self._fail_pending(exc)
+            return  # a late reply to a call that already timed out
+        _, future = entry
+        if not future.done():
+            future.set_result(message)
+
+    def _fail_pending(self, exc: WireError) -> None:
+        for method, future in list(self._pending.values()):
+            if not future.done():
+                future.set_exception(type(exc)(f"{method}: {exc}"))
+                # Retrieved here so an abandoned future never logs "never retrieved".
+                future.exception()
+
+    async def _heartbeat(self, every_s: float) -> None:
+        # hud's client re-sends hello with its own session id: idle control connections
+        # were reset after ≈ 350 s on some substrates.
+        while True:
+            await asyncio.sleep(every_s)
+            with contextlib.suppress(WireError):
+                await self.call("hello", {"session_id": self.session_id}, self.call_timeout_s)
+
+
+def _unwrap(method: str, reply: dict[str, Any]) -> dict[str, Any]:
+    if "error" in reply and reply["error"] is not None:
+        err = reply["error"]
+        if not isinstance(err, dict):
+            raise ProtocolError(f"{method}: malformed error object {err!r}")
+        return _raise_remote(method, err)
+    result = reply.get("result")
+    if not isinstance(result, dict):
+        raise ProtocolError(f"{method}: reply has no result object: {_short(reply)}")
+    return result
+
+
+def _raise_remote(method: str, err: dict[str, Any]) -> dict[str, Any]:
+    code = err.get("code")
+    raise RemoteError(method, code if isinstance(code, int) else -32000, str(err.get("message")))
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 200 else text[:200] + "…"
+
+
+async def open_tunnel(
+    url: str, capability: str, *, preamble: bytes | None = None, timeout_s: float = 30.0
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open one `tunnel.open` stream: first frame routes the connection, then raw bytes."""
+    host, port = parse_url(url)
+    reader, writer = await open_stream(host, port, preamble=preamble, timeout_s=timeout_s)
+    try:
+        writer.write(
+            encode_frame(
+                {"jsonrpc": "2.0", "id": 1, "method": "tunnel.open",
+                 "params": {"capability": capability}}
+            )
+        )
+        await writer.drain()
+        reply = await asyncio.wait_for(read_frame(reader), timeout_s)
+        if reply is None:
+            raise TransportError(f"tunnel.open {capability!r}: env closed the connection")
+        _unwrap("tunnel.open", reply)
+    except TimeoutError:
+        writer.close()
+        raise WireTimeout(f"tunnel.open {capability!r}: no reply after {timeout_s:.1f}s") from None
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer
+
+
+async def splice(
+    a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+) -> None:
+    """Copy bytes both ways until both sides hit EOF; close both writers."""
+
+    async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while chunk := await src.read(65536):
+                dst.write(chunk)
+                await dst.drain()
+            if dst.can_write_eof():
+                dst.write_eof()
+        except (ConnectionError, OSError):
+            pass
+
+    try:
+        await asyncio.gather(pump(a[0], b[1]), pump(b[0], a[1]))
+    finally:
+        for _, writer in (a, b):
+            writer.close()
+
+
+class TunnelForwarder:
+    """A local listener whose every connection becomes a `tunnel.open` stream."""
+
+    def __init__(self, url: str, capability: str, *, preamble: bytes | None = None) -> None:
+        self.url = url
+        self.capability = capability
+        self._preamble = preamble
+        self._server: asyncio.Server | None = None
+        self._conns: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def start(self, local_port: int = 0) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", local_port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._conns.add(task)
+            task.add_done_callback(self._conns.discard)
+        try:
+            remote = await open_tunnel(self.url, self.capability, preamble=self._preamble)
+        except WireError:
+            writer.close()
+            return
+        await splice((reader, writer), remote)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._conns):
+            task.cancel()
+        await asyncio.gather(*self._conns, return_exceptions=True)
+
+
+Forwarder = Callable[[str], Awaitable[TunnelForwarder]]

@@ -1,0 +1,199 @@
+"""The provider contract: how hud_ray gets one fresh sandbox per rollout.
+
+Lifecycle is split into stages so a ledger can record every sandbox *before* and after
+the provider is asked for it (Inspect-style scopes, verifiers-style shielded teardown):
+
+    spec  = SandboxSpec(...)                 # what the rollout needs
+    handle = await provider.create(spec, labels)   # id known as early as the SDK allows
+    endpoint = await provider.ready(handle, timeout_s)   # tcp://host:port of the env server
+    ...                                           # rollout speaks the wire protocol
+    await provider.destroy(handle)                # idempotent, shielded from cancellation
+    await provider.reap(labels)                   # orphans left by a crash (CLI: hud-ray reap)
+
+This module imports neither Ray nor hud_ray: providers are usable on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ProviderConfigError, UnsupportedSpecError
+
+# Label keys put on every sandbox, so a reaper can find what a run left behind.
+LABEL_RUN = "hud-ray-run"
+LABEL_ROLLOUT = "hud-ray-rollout"
+LABEL_OWNER = "hud-ray-owner"
+
+T = TypeVar("T")
+
+
+class GpuSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: str | None = None
+    count: int = 1
+
+
+class Resources(BaseModel):
+    """HUD's `runtime_config.resources` (hud rejects unknown fields; so do we)."""
+
+    model_config = ConfigDict(extra="forbid")
+    cpu: float | None = None
+    memory_mb: int | None = None
+    storage_mb: int | None = None
+    gpu: GpuSpec | None = None
+    os: str | None = None
+
+
+class SandboxSpec(BaseModel):
+    """What one rollout asks of a provider. Built by hud_ray from the task row."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="deterministic sandbox name: a retried create finds it")
+    image: str | None = None
+    env_name: str | None = None
+    env_vars: dict[str, str] = Field(default_factory=dict)
+    resources: Resources | None = None
+    lifetime_s: float = Field(3600.0, description="hard cap on the sandbox's life")
+    startup_timeout_s: float = 120.0
+
+
+class SandboxHandle(BaseModel):
+    """Everything needed to find, reach and destroy one sandbox, JSON-serialisable
+    so it can travel through a ledger, a Ray call or a file."""
+
+    provider: str
+    sandbox_id: str
+    name: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    created_at: float = Field(default_factory=time.time)
+    data: dict[str, Any] = Field(default_factory=dict, description="provider-private state")
+
+
+class Endpoint(BaseModel):
+    """Where the env server answers. `preamble` is sent first on every new connection
+    (e.g. the Modal token gate's secret); it is excluded from repr and dumps."""
+
+    url: str
+    preamble: bytes | None = Field(default=None, repr=False, exclude=True)
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        rest = self.url.removeprefix("tcp://")
+        host, _, port = rest.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+class Capabilities(BaseModel):
+    """What a provider can honour; checked at plan time, before any sandbox exists."""
+
+    images: bool = False
+    resources: set[str] = Field(default_factory=set)
+    gpu: bool = False
+    warm_ahead: bool = True
+
+
+def sandbox_name(run_id: str, rollout_key: str, attempt: int) -> str:
+    """Deterministic, provider-safe name: same rollout attempt → same name."""
+    digest = hashlib.sha1(f"{run_id}/{rollout_key}/{attempt}".encode()).hexdigest()[:16]
+    return f"hudray-{digest}"
+
+
+class Provider(ABC):
+    """Base class for sandbox providers. Subclasses set `name`, `Options` and limits."""
+
+    name: ClassVar[str] = "base"
+    #: pydantic model validating the provider's options (`--provider-opt KEY=VALUE`).
+    Options: ClassVar[type[BaseModel]]
+    #: creates per second a governor allows by default for one account.
+    default_create_rate: ClassVar[float] = 10.0
+    #: live sandboxes a governor allows by default for one account.
+    default_live_cap: ClassVar[int] = 256
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, **options: Any) -> None:
+        try:
+            self.options = self.Options(**options)
+        except ValidationError as exc:
+            raise ProviderConfigError(
+                f"provider {self.name!r}: bad option(s): {_describe(exc)}"
+            ) from None
+
+    # --- plan time -------------------------------------------------------------------
+    def check_spec(self, spec: SandboxSpec) -> None:
+        """Raise UnsupportedSpecError for anything in `spec` this provider cannot honour."""
+        caps = self.capabilities
+        if spec.image and not caps.images:
+            raise UnsupportedSpecError(
+                f"provider {self.name!r} cannot run images (runtime_config.image={spec.image!r})"
+            )
+        if spec.resources is not None:
+            for field in spec.resources.model_fields_set:
+                if getattr(spec.resources, field) is None:
+                    continue
+                if field not in caps.resources:
+                    raise UnsupportedSpecError(
+                        f"provider {self.name!r} cannot honour runtime_config.resources.{field}"
+                    )
+
+    # --- lifecycle -----------------------------------------------------------------
+    @abstractmethod
+    async def create(self, spec: SandboxSpec, labels: dict[str, str]) -> SandboxHandle:
+        """Ask for a sandbox; return as soon as it has an id (it may not serve yet)."""
+
+    @abstractmethod
+    async def ready(self, handle: SandboxHandle, timeout_s: float) -> Endpoint:
+        """Wait until the sandbox's env server can be dialled; return its endpoint."""
+
+    @abstractmethod
+    async def destroy(self, handle: SandboxHandle) -> None:
+        """Free the sandbox. Idempotent; callers shield it from cancellation."""
+
+    @abstractmethod
+    async def list(self, labels: dict[str, str]) -> list[SandboxHandle]:
+        """Live sandboxes carrying all of `labels`."""
+
+    async def reap(self, labels: dict[str, str]) -> list[SandboxHandle]:
+        """Destroy every sandbox carrying `labels`; return what was destroyed."""
+        found = await self.list(labels)
+        await asyncio.gather(*(self.destroy(h) for h in found), return_exceptions=True)
+        return found
+
+    async def diagnostics(self, handle: SandboxHandle) -> str:
+        """Last output lines of the sandbox's env server, for error messages."""
+        return ""
+
+    async def close(self) -> None:
+        """Release process-wide resources (SDK clients, SSH connections)."""
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(options)"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+async def shielded(awaitable: Awaitable[T]) -> T:
+    """Run `awaitable` to completion even if the caller is cancelled, then re-raise
+    the cancellation. Teardown must finish or the sandbox leaks."""
+    task = asyncio.ensure_future(awaitable)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result

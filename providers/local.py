@@ -1,0 +1,272 @@
+"""`local`: one env-server subprocess per rollout on 127.0.0.1 (the embedded default).
+
+Each sandbox is a fresh process in its own process group (signalled as a group: `sh -c`
+under dash forks rather than execs, so signalling one PID can miss the server). Every
+process is written to an on-disk ledger *before* it is awaited, so `reap` finds what a
+killed driver or worker left behind — checked against the process start time, so a
+recycled PID is never killed by mistake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import os
+import shlex
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+from pydantic import BaseModel, ConfigDict, Field
+
+from .base import Capabilities, Endpoint, Provider, SandboxHandle, SandboxSpec
+from .errors import CreateError, NotReadyError, ProviderConfigError
+
+PORT_LINE = "HUD_SERVE_PORT="
+DEFAULT_COMMAND = "{python} -m hud_ray.envkit {env_file} --host 127.0.0.1 --port 0"
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("HUD_RAY_STATE_DIR") or os.path.join(
+        os.environ.get("XDG_STATE_HOME", os.path.expanduser("~/.local/state")), "hud_ray"
+    )
+    return Path(base) / "local"
+
+
+class LocalOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    env_file: str | None = Field(None, description="env file the command serves")
+    command: str = Field(DEFAULT_COMMAND, description="placeholders: {python} {env_file} {env_name}")
+    cwd: str | None = None
+    state_dir: str | None = None
+    kill_grace_s: float = 2.0
+    output_lines: int = 40
+
+
+class _Proc:
+    """Runtime state of one env process owned by this provider instance."""
+
+    def __init__(self, process: asyncio.subprocess.Process, keep_lines: int) -> None:
+        self.process = process
+        self.lines: collections.deque[str] = collections.deque(maxlen=keep_lines)
+        self.port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.pump = asyncio.create_task(self._read_output())
+
+    async def _read_output(self) -> None:
+        assert self.process.stdout is not None
+        # Keep draining after the port line: a full pipe would block the env server.
+        while True:
+            try:
+                raw = await self.process.stdout.readline()
+            except (ValueError, asyncio.LimitOverrunError):
+                continue  # an over-long output line: skip it
+            if not raw:
+                break
+            line = raw.decode(errors="replace").rstrip()
+            self.lines.append(line)
+            if not self.port.done() and line.startswith(PORT_LINE):
+                value = line[len(PORT_LINE) :].strip()
+                if value.isdigit():
+                    self.port.set_result(int(value))
+        if not self.port.done():
+            self.port.set_exception(EOFError("output closed"))
+            self.port.exception()
+
+    def tail(self) -> str:
+        return "\n".join(self.lines) or "(no output)"
+
+
+class LocalProvider(Provider):
+    name = "local"
+    Options = LocalOptions
+    default_create_rate = 50.0
+    default_live_cap = 512
+    capabilities = Capabilities(images=False, resources=set(), gpu=False, warm_ahead=True)
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.options: LocalOptions
+        self.state_dir = Path(self.options.state_dir) if self.options.state_dir else default_state_dir()
+        self._procs: dict[str, _Proc] = {}
+
+    # --- lifecycle -----------------------------------------------------------------
+    def argv(self, spec: SandboxSpec) -> list[str]:
+        opts = self.options
+        if "{env_file}" in opts.command and not opts.env_file:
+            raise ProviderConfigError(
+                "provider 'local': option env_file is required (--provider-opt env_file=PATH)"
+            )
+        env_file = os.path.abspath(opts.env_file) if opts.env_file else ""
+        text = opts.command.format(
+            python=shlex.quote(sys.executable),
+            env_file=shlex.quote(env_file),
+            env_name=shlex.quote(spec.env_name or ""),
+        )
+        return shlex.split(text)
+
+    async def create(self, spec: SandboxSpec, labels: dict[str, str]) -> SandboxHandle:
+        argv = self.argv(spec)
+        handle = SandboxHandle(provider=self.name, sandbox_id=spec.name, name=spec.name, labels=labels)
+        env = {**os.environ, **spec.env_vars, "PYTHONUNBUFFERED": "1"}
+        self._write_ledger(handle)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.options.cwd,
+                env=env,
+                limit=1 << 20,
+            )
+        except OSError as exc:
+            self._drop_ledger(handle.sandbox_id)
+            raise CreateError(f"provider 'local': cannot start {argv[0]!r}: {exc}") from None
+        handle.data.update(pid=process.pid, pgid=process.pid, started=_start_time(process.pid))
+        self._write_ledger(handle)
+        self._procs[handle.sandbox_id] = _Proc(process, self.options.output_lines)
+        return handle
+
+    async def ready(self, handle: SandboxHandle, timeout_s: float) -> Endpoint:
+        proc = self._procs.get(handle.sandbox_id)
+        if proc is None:
+            raise NotReadyError(f"sandbox {handle.sandbox_id} is not owned by this provider")
+        try:
+            port = await asyncio.wait_for(asyncio.shield(proc.port), timeout_s)
+        except TimeoutError:
+            raise NotReadyError(
+                f"env did not print {PORT_LINE}<port> within {timeout_s:.1f}s; "
+                f"last output:\n{proc.tail()}"
+            ) from None
+        except EOFError:
+            code = await proc.process.wait()
+            raise NotReadyError(
+                f"env exited with code {code} before printing its port; last output:\n{proc.tail()}"
+            ) from None
+        return Endpoint(url=f"tcp://127.0.0.1:{port}")
+
+    async def destroy(self, handle: SandboxHandle) -> None:
+        proc = self._procs.pop(handle.sandbox_id, None)
+        if proc is not None:
+            await self._stop_group(proc.process)
+            proc.pump.cancel()
+        else:
+            entry = self._read_ledger(handle.sandbox_id) or handle.model_dump()
+            _kill_group_if_ours(entry.get("data", {}))
+        self._drop_ledger(handle.sandbox_id)
+
+    async def list(self, labels: dict[str, str]) -> list[SandboxHandle]:
+        found = []
+        for entry in self._ledger_entries():
+            if not all(entry.get("labels", {}).get(k) == v for k, v in labels.items()):
+                continue
+            if _is_ours_alive(entry.get("data", {})) or "pid" not in entry.get("data", {}):
+                found.append(SandboxHandle.model_validate(entry))
+        return found
+
+    async def diagnostics(self, handle: SandboxHandle) -> str:
+        proc = self._procs.get(handle.sandbox_id)
+        return proc.tail() if proc else ""
+
+    def alive_pids(self) -> list[int]:
+        """PIDs of env processes this instance still owns (tests check these)."""
+        return [p.process.pid for p in self._procs.values() if p.process.returncode is None]
+
+    async def close(self) -> None:
+        for sandbox_id in list(self._procs):
+            proc = self._procs.pop(sandbox_id)
+            await self._stop_group(proc.process)
+            proc.pump.cancel()
+            self._drop_ledger(sandbox_id)
+
+    # --- processes -----------------------------------------------------------------
+    async def _stop_group(self, process: asyncio.subprocess.Process) -> None:
+        if process.returncode is None:
+            _signal_group(process.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), self.options.kill_grace_s)
+            except TimeoutError:
+                pass
+        # The leader may be gone while children of its group live on: always SIGKILL it.
+        _signal_group(process.pid, signal.SIGKILL)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), 5.0)
+
+    # --- ledger --------------------------------------------------------------------
+    def _ledger_path(self, sandbox_id: str) -> Path:
+        return self.state_dir / f"{sandbox_id}.json"
+
+    def _write_ledger(self, handle: SandboxHandle) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        path = self._ledger_path(handle.sandbox_id)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(handle.model_dump_json())
+        os.replace(tmp, path)
+
+    def _read_ledger(self, sandbox_id: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self._ledger_path(sandbox_id).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _drop_ledger(self, sandbox_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._ledger_path(sandbox_id).unlink()
+
+    def _ledger_entries(self) -> list[dict[str, Any]]:
+        entries = []
+        if not self.state_dir.is_dir():
+            return entries
+        for path in self.state_dir.glob("*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                entries.append(json.loads(path.read_text()))
+        return entries
+
+
+def _start_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _is_ours_alive(data: dict[str, Any]) -> bool:
+    pid, started = data.get("pid"), data.get("started")
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        return started is None or abs(proc.create_time() - started) < 0.01
+    except psutil.Error:
+        return _group_alive(data.get("pgid") or pid)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _kill_group_if_ours(data: dict[str, Any]) -> None:
+    pid = data.get("pid")
+    if not pid:
+        return
+    started = data.get("started")
+    try:
+        leader_matches = started is None or abs(psutil.Process(pid).create_time() - started) < 0.01
+    except psutil.Error:
+        leader_matches = True  # leader gone; its group (same id) may still hold children
+    if leader_matches:
+        _signal_group(data.get("pgid") or pid, signal.SIGKILL)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
