@@ -171,6 +171,7 @@ class Provider(ABC):
 
     async def close(self) -> None:
         """Release process-wide resources (SDK clients, SSH connections)."""
+        return None
 
 
 def _describe(exc: ValidationError) -> str:
