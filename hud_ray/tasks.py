@@ -46,8 +46,11 @@ class RuntimeConfig(BaseModel):
 
 
 def default_slug(template_id: str, args: dict[str, Any]) -> str:
-    """hud's default: `id + "-" + sha1(args)[:8]` over canonical JSON of the args."""
-    canonical = json.dumps(args, sort_keys=True, separators=(",", ":"), default=str)
+    """hud 0.6.21's default, byte for byte: `id + "-" + sha1(json.dumps(args,
+    sort_keys=True, default=str))[:8]`, or just `id` when there are no args."""
+    if not args:
+        return template_id
+    canonical = json.dumps(args, sort_keys=True, default=str)
     return f"{template_id}-{hashlib.sha1(canonical.encode()).hexdigest()[:8]}"
 
 

@@ -40,14 +40,13 @@ def rows(per_template: int, rng: random.Random) -> list[dict]:
 
 
 def main() -> None:
-    import hashlib
+    from hud_ray.tasks import default_slug
 
     rng = random.Random(7)
     lines, seen = [], set()
     for row in rows(40, rng):
         n = row.pop("_n", None)
-        canonical = json.dumps(row["args"], sort_keys=True, separators=(",", ":"))
-        slug = f"{row['id']}-{hashlib.sha1(canonical.encode()).hexdigest()[:8]}"
+        slug = default_slug(row["id"], row["args"])
         if slug in seen:  # identical args drawn twice: disambiguate, as a taskset author would
             slug = f"{slug}-{n}"
         seen.add(slug)
