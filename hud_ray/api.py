@@ -1,0 +1,192 @@
+"""The Python surface: `run_distributed()`, `stream_distributed()`, `attach()`.
+
+    table = run_distributed("examples/demo/tasks.jsonl", "rule", provider="local",
+                            concurrency=16, repeats=2)
+    table.to_pandas().groupby("template_id").reward.mean()
+
+Both run on the Ray cluster if one is there (`ray.init(address="auto")`), otherwise on a
+local Ray started without the dashboard. Rows land in `out/<run_id>/rollouts/*.parquet`
+as rollouts finish; the run directory is in the table's schema metadata
+(`b"hud_ray.run_dir"`) and in `RunPlan.run_dir`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from hud_ray.agents import agent_name, resolve_agent
+from hud_ray.progress import Progress
+from hud_ray.results import ResultWriter, done_keys, read_manifest, read_results
+from hud_ray.tasks import Task, count_rows, expand, tasks_from
+from providers import get_provider
+
+log = logging.getLogger("hud_ray")
+
+# Environment variables a worker process must see as the driver does.
+FORWARDED_ENV = ("HUD_RAY_STATE_DIR", "HUD_API_KEY", "PYTHONPATH")
+
+
+def ensure_ray(address: str | None = None) -> None:
+    """Join the cluster if there is one, else start a small local Ray (no dashboard)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": True,
+                              "configure_logging": False}
+    if address:
+        ray.init(address=address, **kwargs)
+        return
+    try:
+        ray.init(address="auto", **kwargs)
+    except ConnectionError:
+        ray.init(include_dashboard=False, **kwargs)
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+@dataclass
+class RunPlan:
+    """A validated run, before it starts: everything that can fail early has."""
+
+    run_dir: Path
+    scheduler: Any
+    progress: Progress
+
+    def stream(self) -> Iterator[pa.RecordBatch]:
+        try:
+            yield from self.scheduler.run()
+        finally:
+            self.progress.close()
+
+
+def plan_run(
+    tasks: str | Path | Iterable[Task | dict[str, Any]],
+    agent: Any,
+    provider: str = "local",
+    *,
+    concurrency: int = 8,
+    repeats: int = 1,
+    out: str | Path = "runs",
+    run_id: str | None = None,
+    resume: bool = False,
+    workers: int | None = None,
+    timeout_s: float = 600.0,
+    ready_timeout_s: float = 120.0,
+    max_attempts: int = 3,
+    max_failures: int | None = None,
+    max_failure_fraction: float | None = None,
+    variant: str | None = None,
+    progress: bool = True,
+    flush_rows: int = 500,
+    flush_s: float = 2.0,
+    retry_backoff_s: float = 1.0,
+    **provider_options: Any,
+) -> RunPlan:
+    from hud_ray.scheduler import Scheduler, SchedulerConfig
+
+    resolve_agent(agent)  # fail here, not in every worker
+    provider_options = _default_provider_options(provider, tasks, provider_options)
+    driver_provider = get_provider(provider, **provider_options)
+    if resume and not run_id:
+        raise ValueError("--resume needs --run-id (the run to continue)")
+    run_id = run_id or new_run_id()
+    run_dir = Path(out) / run_id
+    agent_label = agent if isinstance(agent, str) else agent_name(agent)
+    config = {
+        "tasks": str(tasks) if isinstance(tasks, str | Path) else "<in-memory>",
+        "agent": agent_label, "provider": provider, "repeats": repeats, "variant": variant,
+        "provider_options": _redacted(provider_options), "concurrency": concurrency,
+        "timeout_s": timeout_s, "max_attempts": max_attempts,
+    }
+    writer = ResultWriter(run_dir, config=config, resume=resume,
+                          flush_rows=flush_rows, flush_s=flush_s)
+    skip = done_keys(run_dir) if resume else set()
+    rows = count_rows(tasks) if isinstance(tasks, str | Path) else None
+    total = rows * repeats if rows is not None else None
+    bar = Progress(total, enabled=progress, already_done=len(skip))
+    sched_config = SchedulerConfig(
+        run_id=run_id, provider=provider, provider_options=provider_options, agent=agent,
+        concurrency=concurrency, workers=workers, max_attempts=max_attempts,
+        max_failures=max_failures, max_failure_fraction=max_failure_fraction,
+        retry_backoff_s=retry_backoff_s,
+        rollout={"deadline_s": timeout_s, "ready_timeout_s": min(ready_timeout_s, timeout_s)},
+        env_vars={k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
+    )
+    ensure_ray()
+    rollouts = expand(tasks_from(tasks), repeats=repeats, variant=variant)
+    scheduler = Scheduler(sched_config, rollouts, writer, driver_provider, skip_keys=skip,
+                          progress=bar)
+    return RunPlan(run_dir=run_dir, scheduler=scheduler, progress=bar)
+
+
+def stream_distributed(tasks: Any, agent: Any, provider: str = "local",
+                       **kwargs: Any) -> Iterator[pa.RecordBatch]:
+    """Yield RecordBatches as they are written to Parquet (the first lands early)."""
+    yield from plan_run(tasks, agent, provider, **kwargs).stream()
+
+
+def run_distributed(tasks: Any, agent: Any, provider: str = "local",
+                    **kwargs: Any) -> pa.Table:
+    """Run every rollout; return the whole run (resumed rows included) as one table."""
+    plan = plan_run(tasks, agent, provider, **kwargs)
+    for _ in plan.stream():
+        pass
+    return _with_run_dir(read_results(plan.run_dir), plan.run_dir)
+
+
+@dataclass
+class RunView:
+    """A run read from disk, finished or still going."""
+
+    run_dir: Path
+    table: pa.Table
+    manifest: dict[str, Any]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return dict(self.manifest.get("counts", {}))
+
+    @property
+    def state(self) -> str:
+        return self.manifest.get("state", "unknown")
+
+
+def attach(run_dir: str | Path) -> RunView:
+    """Read a run — also one still in progress (partial table + counts so far)."""
+    return RunView(Path(run_dir), read_results(run_dir), read_manifest(run_dir))
+
+
+def _with_run_dir(table: pa.Table, run_dir: Path) -> pa.Table:
+    metadata = dict(table.schema.metadata or {})
+    metadata[b"hud_ray.run_dir"] = str(run_dir).encode()
+    return table.replace_schema_metadata(metadata)
+
+
+def _default_provider_options(provider: str, tasks: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """`local` without env_file: use env.py beside the task file, when there is one."""
+    if provider == "local" and "env_file" not in options and isinstance(tasks, str | Path):
+        candidate = Path(tasks).parent / "env.py"
+        if candidate.is_file():
+            return {**options, "env_file": str(candidate)}
+    return options
+
+
+SECRET_WORDS = ("key", "token", "secret", "password")
+
+
+def _redacted(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: ("***" if any(w in k.lower() for w in SECRET_WORDS) else v)
+            for k, v in options.items()}

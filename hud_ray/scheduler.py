@@ -1,0 +1,329 @@
+"""The driver: lazy task stream → bounded in-flight window → workers → Parquet.
+
+- The window is the total number of slots; the task file is read only as slots free up,
+  so driver memory does not grow with the task file.
+- Each worker has exactly one `step` call in flight; it carries new rollouts in and
+  finished rows out (dispatch and harvest batched into one round trip).
+- `infra_error` / `quota_error` rows are retried in a new sandbox (a new attempt → a new
+  sandbox name), on another worker when there is one, after exponential back-off with
+  jitter; only the final attempt is written.
+- A dead worker (ActorDiedError / ActorUnavailableError) is replaced; its rollouts are
+  requeued as new attempts and their sandboxes reaped through the provider's labels.
+- A fatal row (bad credentials, a spec the provider cannot honour) stops the run.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import ray
+from pydantic import BaseModel, ConfigDict, Field
+from ray.exceptions import RayActorError
+
+from hud_ray.results import ResultWriter
+from hud_ray.rollout import RolloutConfig, rollout_labels, sandbox_spec
+from hud_ray.schema import RETRYABLE, Status
+from hud_ray.tasks import Rollout
+from hud_ray.worker import RolloutWorker
+from providers import Provider, UnsupportedSpecError
+
+log = logging.getLogger("hud_ray.scheduler")
+
+
+class RunAborted(RuntimeError):
+    """The run stopped early (fatal config error, error budget). Rows so far are kept."""
+
+
+class SchedulerConfig(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    run_id: str
+    provider: str
+    provider_options: dict[str, Any] = Field(default_factory=dict)
+    agent: Any
+    concurrency: int = Field(8, ge=1)
+    workers: int | None = Field(None, ge=1)
+    max_attempts: int = Field(3, ge=1)
+    retry_backoff_s: float = 1.0
+    retry_backoff_max_s: float = 30.0
+    step_wait_s: float = 0.5
+    max_worker_replacements: int = 20
+    max_failures: int | None = None
+    max_failure_fraction: float | None = None
+    rollout: dict[str, Any] = Field(default_factory=dict)
+    env_vars: dict[str, str] = Field(default_factory=dict)
+
+    def worker_count(self) -> int:
+        if self.workers:
+            return min(self.workers, self.concurrency)
+        return max(1, min(self.concurrency, -(-self.concurrency // 64)))
+
+
+@dataclass
+class _Worker:
+    index: int
+    actor: Any
+    slots: int
+    inflight: dict[str, tuple[Rollout, int]] = field(default_factory=dict)
+    step_ref: Any = None
+
+
+class Scheduler:
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        rollouts: Iterator[Rollout],
+        sink: ResultWriter,
+        provider: Provider,
+        *,
+        skip_keys: set[str] | None = None,
+        progress: Any = None,
+    ) -> None:
+        self.config = config
+        self.source = rollouts
+        self.sink = sink
+        self.provider = provider
+        self.skip_keys = skip_keys or set()
+        self.progress = progress
+        self.workers: list[_Worker] = []
+        self._retry_heap: list[tuple[float, int, Rollout, int]] = []
+        self._tiebreak = itertools.count()
+        self._source_done = False
+        self._replacements = 0
+        self._failures = 0
+        self._finished = 0
+        self._abort: str | None = None
+        self._stop = threading.Event()
+        self._reapers: list[threading.Thread] = []
+
+    # --- public --------------------------------------------------------------------------
+    def run(self) -> Iterator[pa.RecordBatch]:
+        """Drive the run; yield each Parquet batch as it is written."""
+        self._spawn_workers()
+        try:
+            while not self._stop.is_set():
+                self._dispatch()
+                if self._idle():
+                    break
+                self._harvest()
+                self.sink.maybe_flush()
+                yield from self.sink.take_batches()
+                if self._abort:
+                    raise RunAborted(self._abort)
+            self.sink.flush()
+            yield from self.sink.take_batches()
+        except BaseException as exc:
+            self._teardown(interrupted=True)
+            state = "aborted" if isinstance(exc, RunAborted) else "interrupted"
+            self.sink.close(state, error=str(exc) or type(exc).__name__)
+            raise
+        self._teardown(interrupted=False)
+        self.sink.close("finished")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # --- workers ---------------------------------------------------------------------
+    def _spawn_workers(self) -> None:
+        count = self.config.worker_count()
+        base, extra = divmod(self.config.concurrency, count)
+        for i in range(count):
+            self.workers.append(self._new_worker(i, base + (1 if i < extra else 0)))
+
+    def _new_worker(self, index: int, slots: int) -> _Worker:
+        worker_id = f"w{index}-{uuid.uuid4().hex[:6]}"
+        actor = RolloutWorker.options(
+            name=None, scheduling_strategy="SPREAD", num_cpus=0, max_concurrency=max(8, slots * 2)
+        ).remote(
+            worker_id, self.config.provider, self.config.provider_options, self.config.agent,
+            {**self.config.rollout, "run_id": self.config.run_id}, slots, self.config.env_vars,
+        )
+        return _Worker(index=index, actor=actor, slots=slots)
+
+    def _replace(self, worker: _Worker, error: Exception) -> None:
+        log.warning("worker %s died (%s); requeueing %d rollouts", worker.index,
+                    type(error).__name__, len(worker.inflight))
+        lost = list(worker.inflight.values())
+        worker.inflight.clear()
+        self._reap(lost)
+        for rollout, attempt in lost:
+            row = _failure_row(rollout, attempt, self.config, Status.INFRA_ERROR,
+                               f"worker died: {type(error).__name__}: {error}")
+            self._after_failure(rollout, attempt, row)
+        self._replacements += 1
+        if self._replacements > self.config.max_worker_replacements:
+            self._abort = f"{self._replacements} workers died; giving up (last: {error})"
+            return
+        fresh = self._new_worker(worker.index, worker.slots)
+        self.workers[self.workers.index(worker)] = fresh
+
+    def _reap(self, lost: list[tuple[Rollout, int]]) -> None:
+        """Destroy what a dead worker left behind, found by labels (in the background)."""
+        if not lost:
+            return
+        labels = [rollout_labels(self.config.run_id, r.rollout_key,
+                                 self.config.rollout.get("owner", "hud-ray")) for r, _ in lost]
+
+        def reap_all() -> None:
+            import asyncio
+
+            async def go() -> None:
+                for label in labels:
+                    try:
+                        await self.provider.reap(label)
+                    except Exception as exc:  # the reaper CLI can finish the job later
+                        log.warning("reap %s failed: %s", label, exc)
+
+            asyncio.run(go())
+
+        thread = threading.Thread(target=reap_all, name="hud-ray-reap", daemon=True)
+        thread.start()
+        self._reapers.append(thread)
+
+    # --- dispatch ----------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        for worker in sorted(self.workers, key=lambda w: len(w.inflight) - w.slots):
+            if worker.step_ref is not None:
+                continue  # one call in flight per worker; it returns as soon as a row lands
+            items = self._take(worker.slots - len(worker.inflight), avoid=worker)
+            for rollout, attempt in items:
+                worker.inflight[rollout.rollout_key] = (rollout, attempt)
+            if worker.inflight or items:
+                worker.step_ref = worker.actor.step.remote(items, self.config.step_wait_s)
+
+    def _take(self, free: int, avoid: _Worker) -> list[tuple[Rollout, int]]:
+        items: list[tuple[Rollout, int]] = []
+        now = time.monotonic()
+        while free > len(items) and self._retry_heap and self._retry_heap[0][0] <= now:
+            _, _, rollout, attempt = heapq.heappop(self._retry_heap)
+            items.append((rollout, attempt))
+        while free > len(items) and not self._source_done:
+            rollout = next(self.source, None)
+            if rollout is None:
+                self._source_done = True
+                break
+            if rollout.rollout_key in self.skip_keys:
+                continue
+            self._check_spec(rollout)
+            items.append((rollout, 1))
+        return items
+
+    def _check_spec(self, rollout: Rollout) -> None:
+        spec = sandbox_spec(rollout, RolloutConfig(**self.config.rollout), 1.0)
+        try:
+            self.provider.check_spec(spec)
+        except UnsupportedSpecError as exc:
+            line = f" (task file line {rollout.source_line})" if rollout.source_line else ""
+            raise RunAborted(f"task {rollout.task.slug!r}{line}: {exc}") from None
+
+    def _idle(self) -> bool:
+        return (self._source_done and not self._retry_heap
+                and all(not w.inflight and w.step_ref is None for w in self.workers))
+
+    # --- harvest -----------------------------------------------------------------------
+    def _harvest(self) -> None:
+        refs = {w.step_ref: w for w in self.workers if w.step_ref is not None}
+        if not refs:
+            wait = self._retry_heap[0][0] - time.monotonic() if self._retry_heap else 0.05
+            self._stop.wait(max(0.0, min(wait, 0.5)))
+            return
+        ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.2)
+        for ref in ready:
+            worker = refs[ref]
+            worker.step_ref = None
+            try:
+                reply = ray.get(ref)
+            except RayActorError as exc:
+                self._replace(worker, exc)
+                continue
+            for row in reply["rows"]:
+                self._land(row, worker.inflight.pop(row["rollout_key"], None))
+
+    def _land(self, row: dict[str, Any], entry: tuple[Rollout, int] | None) -> None:
+        fatal = row.pop("_fatal", False)
+        if fatal:
+            # Not written: the rollout never really ran; a resume after the fix runs it.
+            self._abort = f"{row['error_type']}: {row['error_message']}"
+            return
+        if row["status"] in RETRYABLE and entry is not None:
+            self._after_failure(*entry, row)
+            return
+        if row["status"] == Status.CANCELLED:
+            return  # not written: a resume runs it again
+        self._write(row)
+
+    def _after_failure(self, rollout: Rollout, attempt: int, row: dict[str, Any]) -> None:
+        if attempt < self.config.max_attempts and not self._abort:
+            self._schedule_retry(rollout, attempt + 1)
+        else:
+            self._write(row)
+
+    def _schedule_retry(self, rollout: Rollout, attempt: int) -> None:
+        backoff = min(self.config.retry_backoff_max_s,
+                      self.config.retry_backoff_s * 2 ** (attempt - 2))
+        ready_at = time.monotonic() + backoff * random.uniform(0.5, 1.0)
+        heapq.heappush(self._retry_heap, (ready_at, next(self._tiebreak), rollout, attempt))
+
+    def _write(self, row: dict[str, Any]) -> None:
+        self._finished += 1
+        if row["status"] != Status.OK:
+            self._failures += 1
+            self._check_budget()
+        if self.progress is not None:
+            self.progress.update(row)
+        self.sink.add(row)
+
+    def _check_budget(self) -> None:
+        cfg = self.config
+        if cfg.max_failures is not None and self._failures > cfg.max_failures:
+            self._abort = (f"error budget exceeded: {self._failures} failed rollouts "
+                           f"(--max-failures {cfg.max_failures})")
+        if (cfg.max_failure_fraction is not None and self._finished >= 20
+                and self._failures / self._finished > cfg.max_failure_fraction):
+            self._abort = (f"error budget exceeded: {self._failures}/{self._finished} failed "
+                           f"(> {cfg.max_failure_fraction:.0%})")
+
+    # --- teardown ----------------------------------------------------------------------
+    def _teardown(self, interrupted: bool) -> None:
+        refs = [w.actor.shutdown.remote() for w in self.workers]
+        try:
+            replies = ray.get(refs, timeout=90)
+        except Exception as exc:  # a worker already dead: its sandboxes go to the reaper
+            log.warning("worker shutdown: %s", exc)
+            replies = []
+        if interrupted:
+            for rows in replies:
+                for row in rows:
+                    if row["status"] != Status.CANCELLED:
+                        row.pop("_fatal", None)
+                        self.sink.add(row)
+            lost = [item for w in self.workers for item in w.inflight.values()]
+            self._reap(lost)
+        for worker in self.workers:
+            ray.kill(worker.actor, no_restart=True)
+        for thread in self._reapers:
+            thread.join(timeout=60)
+
+
+def _failure_row(rollout: Rollout, attempt: int, config: SchedulerConfig, status: Status,
+                 message: str) -> dict[str, Any]:
+    from hud_ray.agents import agent_name
+    from hud_ray.schema import RolloutResult, utcnow
+
+    task = rollout.task
+    return RolloutResult(
+        run_id=config.run_id, rollout_key=rollout.rollout_key, slug=task.slug or "",
+        env=task.env_name, template_id=task.id, args=task.args, group_id=rollout.group_id,
+        repeat=rollout.repeat, variant=rollout.variant, agent=agent_name(config.agent),
+        provider=config.provider, status=status, error_type="WorkerDied",
+        error_message=message, attempts=attempt, columns=task.columns, finished_at=utcnow(),
+    ).to_row()

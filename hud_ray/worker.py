@@ -1,0 +1,111 @@
+"""The Ray worker: an async actor hosting `slots` sandbox slots.
+
+Each slot runs one rollout at a time in its own fresh sandbox (hud_ray.rollout). The
+driver talks to a worker with one call, `step(new_items, wait_s)`: hand over new
+rollouts and collect the rows that finished since the last call — so dispatch and
+harvest are batched into one round trip, and each worker has exactly one call in flight.
+Ray's own retries stay off (`max_task_retries=0`): only the scheduler knows a rollout
+and its sandbox well enough to decide on a retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from typing import Any
+
+import ray
+
+from hud_ray.agents import resolve_agent
+from hud_ray.rollout import RolloutConfig, RolloutRunner
+from hud_ray.schema import Status
+from hud_ray.tasks import Rollout
+from providers import get_provider
+
+# (rollout, attempt) as the driver sends them
+WorkItem = tuple[Rollout, int]
+
+
+class RolloutWorkerImpl:
+    """Plain class (testable without Ray); `RolloutWorker` is its Ray actor."""
+
+    def __init__(
+        self,
+        worker_id: str,
+        provider: str,
+        provider_options: dict[str, Any],
+        agent: Any,
+        rollout_config: dict[str, Any],
+        slots: int,
+        env_vars: dict[str, str] | None = None,
+    ) -> None:
+        os.environ.update(env_vars or {})
+        self.worker_id = worker_id
+        self.slots = slots
+        self.provider = get_provider(provider, **provider_options)
+        self.agent = resolve_agent(agent)
+        self.base_config = RolloutConfig(**rollout_config, worker_id=worker_id)
+        self.node_id = _node_id()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._done: list[dict[str, Any]] = []
+        self._wake = asyncio.Event()
+
+    async def step(self, items: list[WorkItem], wait_s: float) -> dict[str, Any]:
+        """Start `items`; return rows finished so far (waiting up to `wait_s` for one)."""
+        for rollout, attempt in items:
+            key = rollout.rollout_key
+            if key in self._running:  # never run one rollout twice at once
+                continue
+            self._running[key] = asyncio.create_task(self._run(rollout, attempt))
+        if not self._done and wait_s > 0 and self._running:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait_s)
+        rows, self._done = self._done, []
+        return {"rows": rows, "running": list(self._running)}
+
+    async def _run(self, rollout: Rollout, attempt: int) -> None:
+        config = self.base_config.model_copy(update={"attempt": attempt, "node_id": self.node_id})
+        runner = RolloutRunner(rollout, self.agent, self.provider, config)
+        try:
+            result = await runner.run()
+        except asyncio.CancelledError:
+            result = runner.result_as(Status.CANCELLED, "cancelled: the run is shutting down")
+        except Exception as exc:  # a bug in our own code: still a row, never lost
+            result = runner.result_as(Status.INFRA_ERROR, f"worker error: {type(exc).__name__}: {exc}")
+        row = result.to_row()
+        row["_fatal"] = result.fatal
+        self._done.append(row)
+        self._running.pop(rollout.rollout_key, None)
+        self._wake.set()
+
+    async def shutdown(self, timeout_s: float = 60.0) -> list[dict[str, Any]]:
+        """Cancel every rollout (each tears its sandbox down), return their rows."""
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout_s)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.provider.close(), timeout_s)
+        rows, self._done = self._done, []
+        return rows
+
+    async def ping(self) -> dict[str, Any]:
+        return {"worker_id": self.worker_id, "node_id": self.node_id, "pid": os.getpid(),
+                "running": len(self._running)}
+
+    async def sandbox_pids(self) -> list[int]:
+        """For tests: env-server PIDs this worker's provider owns (local provider)."""
+        pids = getattr(self.provider, "alive_pids", None)
+        return pids() if pids else []
+
+
+def _node_id() -> str | None:
+    with contextlib.suppress(Exception):
+        return ray.get_runtime_context().get_node_id()
+    return None
+
+
+RolloutWorker = ray.remote(max_restarts=0, max_task_retries=0)(RolloutWorkerImpl)
