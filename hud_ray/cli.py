@@ -1,0 +1,185 @@
+"""`hud-ray run | demo | report | reap` — the command line.
+
+`run` prints the run directory on its last line, so scripts can do
+`RUN=$(hud-ray run ... | tail -1)`. Every bad input ends in one line
+`hud-ray: error: <what is wrong>` and exit code 2; rows already written are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hud_ray.agents import AgentSpecError
+from hud_ray.results import RunDirError
+from hud_ray.tasks import TaskFileError
+from providers import ProviderConfigError, ProviderError
+
+
+def demo_dir() -> Path:
+    """examples/demo in a checkout, else the copy packaged into the wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "examples" / "demo", here / "_demo"):
+        if (candidate / "tasks.jsonl").is_file():
+            return candidate
+    raise FileNotFoundError("the bundled demo (examples/demo) is missing from this install")
+
+
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--provider-opt {pair!r}: expected KEY=VALUE")
+        options[key.strip()] = json.loads(value) if value[:1] in "{[" else value
+    return options
+
+
+def parse_duration(text: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", text.strip())
+    if not match:
+        raise ValueError(f"--older-than {text!r}: expected e.g. 90s, 30m, 2h, 1d")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--provider", default="local", help="sandbox provider (default: local)")
+    p.add_argument("--provider-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="provider option, repeatable (e.g. env_file=env.py)")
+    p.add_argument("--concurrency", type=int, default=8, help="sandboxes at once (slots)")
+    p.add_argument("--workers", type=int, default=None, help="Ray worker actors (default: auto)")
+    p.add_argument("--repeats", type=int, default=1, help="rollouts per task (a group)")
+    p.add_argument("--out", default="runs", help="directory holding run directories")
+    p.add_argument("--run-id", default=None, help="name of the run directory")
+    p.add_argument("--resume", action="store_true", help="skip rollout_keys already written")
+    p.add_argument("--timeout", type=float, default=600.0, help="per-rollout deadline, s")
+    p.add_argument("--max-attempts", type=int, default=3, help="tries for infra failures")
+    p.add_argument("--max-failures", default=None, metavar="N|P%",
+                   help="stop the run after N failed rollouts (or more than P%%)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hud-ray", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run every task of a task file")
+    run.add_argument("tasks", help="task file (.jsonl, .json or .parquet; HUD rows)")
+    run.add_argument("--agent", required=True, help="pkg.mod:attr, file.py:attr, rule, nop")
+    _add_run_args(run)
+    demo = sub.add_parser("demo", help="the bundled demo on the local provider")
+    _add_run_args(demo)
+    demo.set_defaults(concurrency=8, repeats=1)
+    report = sub.add_parser("report", help="summarise a run directory")
+    report.add_argument("run_dir")
+    report.add_argument("--json", action="store_true")
+    reap = sub.add_parser("reap", help="destroy sandboxes a crashed run left behind")
+    reap.add_argument("--provider", default=None, help="one provider (default: every one)")
+    reap.add_argument("--provider-opt", action="append", default=[], metavar="KEY=VALUE")
+    reap.add_argument("--run-id", default=None)
+    reap.add_argument("--older-than", default=None, metavar="DURATION")
+    reap.add_argument("--dry-run", action="store_true")
+    return parser
+
+
+def _failure_budget(text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    if text.endswith("%"):
+        return {"max_failure_fraction": float(text[:-1]) / 100}
+    if not text.isdigit():
+        raise ValueError(f"--max-failures {text!r}: expected N or P%")
+    return {"max_failures": int(text)}
+
+
+def cmd_run(args: argparse.Namespace, tasks: str, agent: str) -> int:
+    from hud_ray.api import plan_run
+    from hud_ray.report import report_run
+
+    plan = plan_run(
+        tasks, agent, args.provider, concurrency=args.concurrency, repeats=args.repeats,
+        out=args.out, run_id=args.run_id, resume=args.resume, workers=args.workers,
+        timeout_s=args.timeout, max_attempts=args.max_attempts,
+        progress=not args.no_progress, **_failure_budget(args.max_failures),
+        **parse_options(args.provider_opt),
+    )
+    print(f"run directory: {plan.run_dir}", file=sys.stderr, flush=True)
+    for _ in plan.stream():
+        pass
+    print(report_run(plan.run_dir))
+    print(plan.run_dir.resolve())
+    return 0
+
+
+def cmd_reap(args: argparse.Namespace) -> int:
+    from providers import LABEL_RUN, available, get_provider
+
+    names = [args.provider] if args.provider else available()
+    labels = {LABEL_RUN: args.run_id} if args.run_id else {}
+    min_age = parse_duration(args.older_than) if args.older_than else 0.0
+    total = 0
+    for name in names:
+        try:
+            provider = get_provider(name, **parse_options(args.provider_opt))
+        except ProviderConfigError as exc:
+            if args.provider:
+                raise
+            print(f"{name}: skipped ({exc})", file=sys.stderr)
+            continue
+        total += asyncio.run(_reap_one(provider, labels, min_age, args.dry_run))
+    print(f"{'would destroy' if args.dry_run else 'destroyed'} {total} sandbox(es)")
+    return 0
+
+
+async def _reap_one(provider: Any, labels: dict[str, str], min_age: float, dry: bool) -> int:
+    try:
+        handles = [h for h in await provider.list(labels)
+                   if time.time() - h.created_at >= min_age]
+        for handle in handles:
+            verb = "would destroy" if dry else "destroying"
+            print(f"{provider.name}: {verb} {handle.sandbox_id} {handle.labels}")
+            if not dry:
+                await provider.destroy(handle)
+        return len(handles)
+    finally:
+        await provider.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args, args.tasks, args.agent)
+        if args.command == "demo":
+            return cmd_run(args, str(demo_dir() / "tasks.jsonl"), "rule")
+        if args.command == "report":
+            from hud_ray.report import report_run
+
+            print(report_run(args.run_dir, as_json=args.json))
+            return 0
+        if args.command == "reap":
+            return cmd_reap(args)
+    except KeyboardInterrupt:
+        print("hud-ray: interrupted; in-flight sandboxes were torn down", file=sys.stderr)
+        return 130
+    except (TaskFileError, ProviderError, RunDirError, AgentSpecError, ValueError,
+            FileNotFoundError) as exc:
+        print(f"hud-ray: error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        from hud_ray.scheduler import RunAborted
+
+        if isinstance(exc, RunAborted):
+            print(f"hud-ray: run stopped: {exc} (rows written so far are kept)", file=sys.stderr)
+            return 1
+        raise
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
