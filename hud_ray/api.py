@@ -100,6 +100,7 @@ def plan_run(
     resolve_agent(agent)  # fail here, not in every worker
     provider_options = _default_provider_options(provider, tasks, provider_options)
     driver_provider = get_provider(provider, **provider_options)
+    driver_provider.check_config()
     if resume and not run_id:
         raise ValueError("--resume needs --run-id (the run to continue)")
     run_id = run_id or new_run_id()

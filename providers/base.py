@@ -126,6 +126,11 @@ class Provider(ABC):
             ) from None
 
     # --- plan time -------------------------------------------------------------------
+    def check_config(self) -> None:
+        """Raise ProviderConfigError if sandboxes cannot be created as configured (called
+        once before a run starts; `list`/`reap` work without it, e.g. with no env file)."""
+        return None
+
     def check_spec(self, spec: SandboxSpec) -> None:
         """Raise UnsupportedSpecError for anything in `spec` this provider cannot honour."""
         caps = self.capabilities

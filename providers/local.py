@@ -93,6 +93,15 @@ class LocalProvider(Provider):
         self.state_dir = Path(self.options.state_dir) if self.options.state_dir else default_state_dir()
         self._procs: dict[str, _Proc] = {}
 
+    def check_config(self) -> None:
+        opts = self.options
+        if "{env_file}" in opts.command and not opts.env_file:
+            raise ProviderConfigError(
+                "provider 'local': option env_file is required (--provider-opt env_file=PATH)"
+            )
+        if opts.env_file and not os.path.isfile(opts.env_file):
+            raise ProviderConfigError(f"provider 'local': env_file {opts.env_file!r} not found")
+
     # --- lifecycle -----------------------------------------------------------------
     def argv(self, spec: SandboxSpec) -> list[str]:
         opts = self.options

@@ -1,0 +1,17 @@
+"""Agents used by tests, loaded by file path (`tests/fakes/agents.py:NAME`) in workers."""
+
+from __future__ import annotations
+
+import asyncio
+
+from hud_ray.agents.rule import rule_agent
+
+
+async def slow_rule_agent(session):
+    """The rule agent, slowed so that rollouts are in flight when a test strikes."""
+    await asyncio.sleep(0.4)
+    return await rule_agent(session)
+
+
+async def raising_agent(session):
+    raise RuntimeError("this agent always fails")
