@@ -75,14 +75,19 @@ class EventLog:
             self._file = None
 
 
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _line(event: tuple[Any, ...]) -> str:
     kind, t, sandbox_id = event[0], event[1], event[2]
+    if kind == "d":  # the most common line; ids are "sim-<hex>", safe to format
+        return f'{{"e":"d","t":{t!r},"id":"{sandbox_id}"}}\n'
     row: dict[str, Any] = {"e": kind, "t": t, "id": sandbox_id}
     if kind == "c":
         row["name"], row["labels"] = event[3], event[4]
     elif len(event) > 3:
         row["why"] = event[3]
-    return json.dumps(row, separators=(",", ":")) + "\n"
+    return _dumps(row) + "\n"
 
 
 def read_events(directory: Path) -> list[dict[str, Any]]:

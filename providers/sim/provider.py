@@ -12,9 +12,9 @@ import weakref
 from typing import Any
 
 from ..base import Capabilities, Endpoint, Provider, SandboxHandle, SandboxSpec
-from ..errors import CreateError, NotReadyError, QuotaError
+from ..errors import CreateError, NotReadyError, ProviderConfigError, QuotaError
 from .ledger import AccountQuota, EventLog, account_dir, live_sandboxes, read_events
-from .options import Fate, SimOptions
+from .options import Fate, FateModel, SimOptions
 from .server import SimHub, SimSandbox
 
 # Live instances, so `sim_stats` and interpreter exit can flush their buffered events.
@@ -38,18 +38,38 @@ class SimProvider(Provider):
         self._boxes: dict[str, SimSandbox] = {}
         self._hub = SimHub(self._boxes, opts)
         self._log = EventLog(self.account_dir, opts.flush_s) if opts.record else None
-        self._quota = (AccountQuota(self.account_dir, opts.live_cap, opts.create_rate,
-                                    opts.create_burst)
-                       if opts.live_cap is not None or opts.create_rate is not None else None)
+        self._quota: AccountQuota | None = None
+        if opts.live_cap is not None or opts.create_rate is not None:
+            try:
+                self._quota = AccountQuota(self.account_dir, opts.live_cap, opts.create_rate,
+                                           opts.create_burst)
+            except OSError as exc:
+                raise ProviderConfigError(
+                    f"provider 'sim': cannot keep the account quota in {self.account_dir} "
+                    f"(option state_dir / env HUD_RAY_STATE_DIR): {exc}") from None
         self._owner = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._foreign_destroyed: set[str] = set()
         self._id_key = opts.account.encode()
+        self._fates = FateModel(opts)
         _INSTANCES.add(self)
+
+    def check_config(self) -> None:
+        if self._log is None:
+            return
+        try:
+            self.account_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.account_dir / f".probe-{self._owner}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise ProviderConfigError(
+                f"provider 'sim': cannot record into {self.account_dir} (option state_dir / env "
+                f"HUD_RAY_STATE_DIR, or record=false): {exc}") from None
 
     # --- draws ---------------------------------------------------------------------------
     def fate(self, name: str) -> Fate:
         """The seeded draws of the sandbox that `name` would get (pure: tests, reports)."""
-        return Fate(self.options, name)
+        return self._fates.draw(name)
 
     def sandbox_id(self, name: str) -> str:
         digest = hashlib.blake2b(name.encode(), digest_size=8, key=self._id_key).hexdigest()
@@ -66,7 +86,7 @@ class SimProvider(Provider):
                              data={"account": self.options.account, "owner": self._owner})
 
     def _new_box(self, sandbox_id: str, name: str, labels: dict[str, str]) -> SimSandbox:
-        fate = Fate(self.options, name)
+        fate = self._fates.draw(name)
         now = time.time()
         if fate.quota:
             self._record(("q", now, sandbox_id, "simulated 429"))
