@@ -217,7 +217,10 @@ class AccountQuota:
             return self._STATE.unpack_from(self._map)[2]
 
     def close(self) -> None:
+        if self._fd < 0:
+            return  # closing twice must not close a reused descriptor number
         with contextlib.suppress(Exception):
             self._map.close()
         with contextlib.suppress(OSError):
             os.close(self._fd)
+        self._fd = -1

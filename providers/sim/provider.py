@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import atexit
 import hashlib
 import os
 import secrets
@@ -17,7 +16,7 @@ from .ledger import AccountQuota, EventLog, account_dir, live_sandboxes, read_ev
 from .options import Fate, FateModel, SimOptions
 from .server import SimHub, SimSandbox
 
-# Live instances, so `sim_stats` and interpreter exit can flush their buffered events.
+# Live instances, so `sim_stats` and `list` can flush their buffered events first.
 _INSTANCES: weakref.WeakSet[SimProvider] = weakref.WeakSet()
 
 
@@ -52,6 +51,11 @@ class SimProvider(Provider):
         self._id_key = opts.account.encode()
         self._fates = FateModel(opts)
         _INSTANCES.add(self)
+        # An instance dropped without close() (or alive at exit) still writes its events.
+        if self._log is not None:
+            weakref.finalize(self, self._log.close)
+        if self._quota is not None:
+            weakref.finalize(self, self._quota.close)
 
     def check_config(self) -> None:
         if self._log is None:
@@ -197,5 +201,3 @@ def flush_all(account: str | None = None) -> None:
         if account is None or provider.options.account == account:
             provider.flush()
 
-
-atexit.register(flush_all)

@@ -85,7 +85,9 @@ class SimHub:
         self.close()  # a server of a previous (closed) loop; its connections died with it
         for box in self.boxes.values():
             box.conns, box.timer = None, None
-        self.server = await loop.create_server(lambda: _Conn(self), self.options.host, 0)
+        # A deep backlog: thousands of rollouts may dial at once, and a dropped SYN costs 1 s.
+        self.server = await loop.create_server(lambda: _Conn(self), self.options.host, 0,
+                                               backlog=4096)
         self.loop = loop
         self.port = self.server.sockets[0].getsockname()[1]
         url = f"tcp://{self.options.host}:{self.port}"
