@@ -93,6 +93,8 @@ def plan_run(
     flush_rows: int = 500,
     flush_s: float = 2.0,
     retry_backoff_s: float = 1.0,
+    teardown_timeout_s: float = 60.0,
+    deadline_grace_s: float = 15.0,
     **provider_options: Any,
 ) -> RunPlan:
     from hud_ray.scheduler import Scheduler, SchedulerConfig
@@ -122,8 +124,9 @@ def plan_run(
         run_id=run_id, provider=provider, provider_options=provider_options, agent=agent,
         concurrency=concurrency, workers=workers, max_attempts=max_attempts,
         max_failures=max_failures, max_failure_fraction=max_failure_fraction,
-        retry_backoff_s=retry_backoff_s,
-        rollout={"deadline_s": timeout_s, "ready_timeout_s": min(ready_timeout_s, timeout_s)},
+        retry_backoff_s=retry_backoff_s, deadline_grace_s=deadline_grace_s,
+        rollout={"deadline_s": timeout_s, "ready_timeout_s": min(ready_timeout_s, timeout_s),
+                 "teardown_timeout_s": teardown_timeout_s},
         env_vars={k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
     )
     ensure_ray()

@@ -56,6 +56,7 @@ class SchedulerConfig(BaseModel):
     retry_backoff_s: float = 1.0
     retry_backoff_max_s: float = 30.0
     step_wait_s: float = 0.5
+    deadline_grace_s: float = 15.0
     max_worker_replacements: int = 20
     max_failures: int | None = None
     max_failure_fraction: float | None = None
@@ -69,11 +70,22 @@ class SchedulerConfig(BaseModel):
 
 
 @dataclass
+class _Flight:
+    """A rollout handed to a worker: when, with what budget, last phase it reported."""
+
+    rollout: Rollout
+    attempt: int
+    sent_at: float
+    budget_s: float
+    phase: str = "provision"
+
+
+@dataclass
 class _Worker:
     index: int
     actor: Any
     slots: int
-    inflight: dict[str, tuple[Rollout, int]] = field(default_factory=dict)
+    inflight: dict[str, _Flight] = field(default_factory=dict)
     step_ref: Any = None
 
 
@@ -115,6 +127,7 @@ class Scheduler:
                 if self._idle():
                     break
                 self._harvest()
+                self._enforce_deadlines()
                 self.sink.maybe_flush()
                 yield from self.sink.take_batches()
                 if self._abort:
@@ -149,16 +162,22 @@ class Scheduler:
         )
         return _Worker(index=index, actor=actor, slots=slots)
 
-    def _replace(self, worker: _Worker, error: Exception) -> None:
-        log.warning("worker %s died (%s); requeueing %d rollouts", worker.index,
-                    type(error).__name__, len(worker.inflight))
+    def _replace(self, worker: _Worker, error: Exception | str,
+                 overdue: set[str] | None = None) -> None:
+        """Requeue a dead (or killed) worker's rollouts; overdue ones end as `timeout`."""
+        reason = error if isinstance(error, str) else f"worker died: {type(error).__name__}: {error}"
+        log.warning("worker %s: %s; %d rollouts affected", worker.index, reason,
+                    len(worker.inflight))
         lost = list(worker.inflight.values())
         worker.inflight.clear()
         self._reap(lost)
-        for rollout, attempt in lost:
-            row = _failure_row(rollout, attempt, self.config, Status.INFRA_ERROR,
-                               f"worker died: {type(error).__name__}: {error}")
-            self._after_failure(rollout, attempt, row)
+        for flight in lost:
+            if overdue and flight.rollout.rollout_key in overdue:
+                row = _failure_row(flight, self.config, Status.TIMEOUT, reason)
+                self._write(row)
+                continue
+            row = _failure_row(flight, self.config, Status.INFRA_ERROR, reason)
+            self._after_failure(flight.rollout, flight.attempt, row)
         self._replacements += 1
         if self._replacements > self.config.max_worker_replacements:
             self._abort = f"{self._replacements} workers died; giving up (last: {error})"
@@ -166,12 +185,13 @@ class Scheduler:
         fresh = self._new_worker(worker.index, worker.slots)
         self.workers[self.workers.index(worker)] = fresh
 
-    def _reap(self, lost: list[tuple[Rollout, int]]) -> None:
+    def _reap(self, lost: list[_Flight]) -> None:
         """Destroy what a dead worker left behind, found by labels (in the background)."""
         if not lost:
             return
         labels = [rollout_labels(self.config.run_id, r.rollout_key,
-                                 self.config.rollout.get("owner", "hud-ray")) for r, _ in lost]
+                                 self.config.rollout.get("owner", "hud-ray"))
+                  for r in (f.rollout for f in lost)]
 
         def reap_all() -> None:
             import asyncio
@@ -195,8 +215,10 @@ class Scheduler:
             if worker.step_ref is not None:
                 continue  # one call in flight per worker; it returns as soon as a row lands
             items = self._take(worker.slots - len(worker.inflight), avoid=worker)
+            now = time.monotonic()
             for rollout, attempt in items:
-                worker.inflight[rollout.rollout_key] = (rollout, attempt)
+                worker.inflight[rollout.rollout_key] = _Flight(
+                    rollout, attempt, now, self._budget_s(rollout))
             if worker.inflight or items:
                 worker.step_ref = worker.actor.step.remote(items, self.config.step_wait_s)
 
@@ -247,15 +269,38 @@ class Scheduler:
                 continue
             for row in reply["rows"]:
                 self._land(row, worker.inflight.pop(row["rollout_key"], None))
+            for key, phase in reply.get("phases", {}).items():
+                if key in worker.inflight:
+                    worker.inflight[key].phase = phase
 
-    def _land(self, row: dict[str, Any], entry: tuple[Rollout, int] | None) -> None:
+    def _budget_s(self, rollout: Rollout) -> float:
+        """Wall clock a worker gets for one rollout before the driver steps in."""
+        limits = rollout.task.runtime_config.limits if rollout.task.runtime_config else None
+        deadline = (limits.run_timeout_s if limits and limits.run_timeout_s
+                    else self.config.rollout.get("deadline_s", 600.0))
+        teardown = self.config.rollout.get("teardown_timeout_s", 60.0)
+        return deadline + teardown + self.config.deadline_grace_s
+
+    def _enforce_deadlines(self) -> None:
+        """Kill a worker that holds a rollout past its budget: a hung event loop or a
+        stuck teardown must not hold the run hostage."""
+        now = time.monotonic()
+        for worker in list(self.workers):
+            overdue = {k for k, f in worker.inflight.items() if now - f.sent_at > f.budget_s}
+            if overdue:
+                ray.kill(worker.actor, no_restart=True)
+                self._replace(worker, f"worker missed the rollout deadline (+grace) of "
+                                      f"{min(worker.inflight[k].budget_s for k in overdue):.0f}s; "
+                                      "killed", overdue)
+
+    def _land(self, row: dict[str, Any], entry: _Flight | None) -> None:
         fatal = row.pop("_fatal", False)
         if fatal:
             # Not written: the rollout never really ran; a resume after the fix runs it.
             self._abort = f"{row['error_type']}: {row['error_message']}"
             return
         if row["status"] in RETRYABLE and entry is not None:
-            self._after_failure(*entry, row)
+            self._after_failure(entry.rollout, entry.attempt, row)
             return
         if row["status"] == Status.CANCELLED:
             return  # not written: a resume runs it again
@@ -306,24 +351,28 @@ class Scheduler:
                     if row["status"] != Status.CANCELLED:
                         row.pop("_fatal", None)
                         self.sink.add(row)
-            lost = [item for w in self.workers for item in w.inflight.values()]
-            self._reap(lost)
+            self._reap([f for w in self.workers for f in w.inflight.values()])
         for worker in self.workers:
             ray.kill(worker.actor, no_restart=True)
         for thread in self._reapers:
             thread.join(timeout=60)
 
 
-def _failure_row(rollout: Rollout, attempt: int, config: SchedulerConfig, status: Status,
+def _failure_row(flight: _Flight, config: SchedulerConfig, status: Status,
                  message: str) -> dict[str, Any]:
+    """The row for a rollout whose worker is gone (it cannot write its own)."""
     from hud_ray.agents import agent_name
     from hud_ray.schema import RolloutResult, utcnow
 
-    task = rollout.task
+    rollout, task = flight.rollout, flight.rollout.task
+    timed_out = status is Status.TIMEOUT
     return RolloutResult(
         run_id=config.run_id, rollout_key=rollout.rollout_key, slug=task.slug or "",
         env=task.env_name, template_id=task.id, args=task.args, group_id=rollout.group_id,
         repeat=rollout.repeat, variant=rollout.variant, agent=agent_name(config.agent),
-        provider=config.provider, status=status, error_type="WorkerDied",
-        error_message=message, attempts=attempt, columns=task.columns, finished_at=utcnow(),
+        provider=config.provider, status=status,
+        timeout_phase=flight.phase if timed_out else None,
+        error_type="DeadlineExceeded" if timed_out else "WorkerDied",
+        error_message=message, attempts=flight.attempt, columns=task.columns,
+        finished_at=utcnow(), total_s=time.monotonic() - flight.sent_at,
     ).to_row()

@@ -48,6 +48,7 @@ class RolloutWorkerImpl:
         self.base_config = RolloutConfig(**rollout_config, worker_id=worker_id)
         self.node_id = _node_id()
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._runners: dict[str, RolloutRunner] = {}
         self._done: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
 
@@ -63,11 +64,15 @@ class RolloutWorkerImpl:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait_s)
         rows, self._done = self._done, []
-        return {"rows": rows, "running": list(self._running)}
+        # The phase of each running rollout: if this worker's loop later hangs, the
+        # driver still knows where each rollout was when it records the timeout.
+        phases = {key: runner.phase for key, runner in self._runners.items()}
+        return {"rows": rows, "phases": phases}
 
     async def _run(self, rollout: Rollout, attempt: int) -> None:
         config = self.base_config.model_copy(update={"attempt": attempt, "node_id": self.node_id})
         runner = RolloutRunner(rollout, self.agent, self.provider, config)
+        self._runners[rollout.rollout_key] = runner
         try:
             result = await runner.run()
         except asyncio.CancelledError:
@@ -78,6 +83,7 @@ class RolloutWorkerImpl:
         row["_fatal"] = result.fatal
         self._done.append(row)
         self._running.pop(rollout.rollout_key, None)
+        self._runners.pop(rollout.rollout_key, None)
         self._wake.set()
 
     async def shutdown(self, timeout_s: float = 60.0) -> list[dict[str, Any]]:

@@ -15,3 +15,15 @@ async def slow_rule_agent(session):
 
 async def raising_agent(session):
     raise RuntimeError("this agent always fails")
+
+
+async def blocking_agent(session):
+    """Blocks its worker's event loop (a sync call in async code) on riddles: a stuck
+    loop that only the driver's outside deadline can end."""
+    import time
+
+    from hud_ray.agents.rule import rule_agent
+
+    if session.task.id == "riddle":
+        time.sleep(3600)  # noqa: ASYNC251 - blocking the loop is the point
+    return await rule_agent(session)
