@@ -214,7 +214,7 @@ class EnvClient:
         self, method: str, params: dict[str, Any] | None = None, timeout_s: float | None = None
     ) -> dict[str, Any]:
         if self._broken is not None:
-            raise type(self._broken)(f"{method}: {self._broken}")
+            raise _restate(self._broken, method)
         request_id = next(self._ids)
         frame = encode_frame(
             {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or {}}
@@ -305,6 +305,10 @@ class EnvClient:
             self._fail_pending(exc)
         except asyncio.CancelledError:
             raise
+        except Exception as exc:
+            # Never let the reader die silently: pending calls would wait out their timeouts.
+            self._broken = ProtocolError(f"reading replies failed: {type(exc).__name__}: {exc}")
+            self._fail_pending(self._broken)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         entry = self._pending.get(message.get("id"))  # type: ignore[arg-type]
@@ -323,7 +327,7 @@ class EnvClient:
     def _fail_pending(self, exc: WireError) -> None:
         for method, future in list(self._pending.values()):
             if not future.done():
-                future.set_exception(type(exc)(f"{method}: {exc}"))
+                future.set_exception(_restate(exc, method))
                 # Retrieved here so an abandoned future never logs "never retrieved".
                 future.exception()
 
@@ -334,6 +338,13 @@ class EnvClient:
             await asyncio.sleep(every_s)
             with contextlib.suppress(WireError):
                 await self.call("hello", {"session_id": self.session_id}, self.call_timeout_s)
+
+
+def _restate(exc: WireError, method: str) -> WireError:
+    """The same failure, re-raised for another call (RemoteError keeps its code)."""
+    if isinstance(exc, RemoteError):
+        return RemoteError(exc.method, exc.code, exc.remote_message)
+    return type(exc)(f"{method}: {exc}")
 
 
 def _unwrap(method: str, reply: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,9 @@ library, so envkit runs inside any sandbox image that has Python.
 """
 
 from .env import Capability, Environment, Template
-from .loader import load_environment
+from .loader import EnvLoadError, load_environment
 from .server import bind, serve
 
-__all__ = ["Capability", "Environment", "Template", "bind", "load_environment", "serve"]
+__all__ = [
+    "Capability", "EnvLoadError", "Environment", "Template", "bind", "load_environment", "serve",
+]

@@ -7,7 +7,7 @@ import asyncio
 import signal
 import sys
 
-from .loader import load_environment
+from .loader import EnvLoadError, load_environment
 from .server import serve
 
 
@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         env = load_environment(args.path, args.env)
+    except EnvLoadError as exc:
+        print(f"envkit: cannot load {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:
         print(f"envkit: cannot load {args.path}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

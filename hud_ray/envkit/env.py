@@ -18,7 +18,10 @@ answer, yield the score), so a template body moves between hud and envkit unchan
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import json
+import typing
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +38,21 @@ class Template:
 
     @property
     def signature(self) -> inspect.Signature:
-        return inspect.signature(self.func)
+        # eval_str: env files often use `from __future__ import annotations`.
+        try:
+            return inspect.signature(self.func, eval_str=True)
+        except Exception:
+            return inspect.signature(self.func)
+
+    def coerce_args(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Arguments converted to the annotated types, as hud's server does with pydantic
+        (lax mode): `"7"` for an `int`, a JSON string for a `list`. A value that does not
+        convert is passed unchanged, for the template to judge."""
+        params = self.signature.parameters
+        return {
+            name: _coerce(params[name].annotation if name in params else None, value)
+            for name, value in args.items()
+        }
 
     def manifest(self) -> dict[str, Any]:
         props = {
@@ -107,8 +124,43 @@ class Environment:
         return hook
 
     def on_stop(self, hook: Hook) -> Hook:
+        """Run `hook` when the server stops (hooks run in reverse order, as in hud)."""
         self._on_stop.append(hook)
         return hook
+
+    # hud's names for the same hooks, so an env file's hook code moves over unchanged.
+    initialize = on_start
+    shutdown = on_stop
+
+
+_TRUE = {"1", "true", "t", "yes", "y", "on"}
+_FALSE = {"0", "false", "f", "no", "n", "off"}
+
+
+def _coerce(annotation: Any, value: Any) -> Any:
+    target = typing.get_origin(annotation) or annotation
+    if isinstance(target, str):
+        target = {"int": int, "float": float, "bool": bool, "list": list, "dict": dict}.get(
+            target.split("[")[0], None)
+    with contextlib.suppress(ValueError, TypeError, OverflowError):
+        if target is bool:
+            if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+                return value.strip().lower() in _TRUE
+            if type(value) is int and value in (0, 1):
+                return bool(value)
+        elif target is int and not isinstance(value, bool):
+            if isinstance(value, str):
+                return int(value.strip())
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+        elif target is float and not isinstance(value, bool):
+            if isinstance(value, int | str):
+                return float(value)
+        elif target in (list, dict, tuple) and isinstance(value, str):
+            parsed = json.loads(value)
+            if isinstance(parsed, list if target in (list, tuple) else dict):
+                return tuple(parsed) if target is tuple else parsed
+    return value
 
 
 def _json_type(annotation: Any) -> str:

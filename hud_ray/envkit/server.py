@@ -4,110 +4,26 @@ Semantics follow hud 0.6.21's server (`hud.environment.server`): the first frame
 connection routes it (`tunnel.open` → raw splice to a capability, else a control
 session); start/grade run beside the read loop so `tasks.cancel` and `bye` still reach
 them; a dropped connection parks its task for a later `hello {session_id}` to resume.
+tests/fakes/transcript.py holds one conversation that both servers must answer alike.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import math
 import secrets
 from typing import Any
 from urllib.parse import urlsplit
 
-from .env import Environment, Template
+from .env import Environment
+from .frames import FRAME_LIMIT_BYTES, FrameTooLarge, encode, error, read_frame, reply
+from .runner import Runner, _jsonable
 
-FRAME_LIMIT_BYTES = 16 * 1024 * 1024
-
-
-class FrameTooLarge(ValueError):
-    pass
+__all__ = ["FRAME_LIMIT_BYTES", "FrameTooLarge", "bind", "serve", "shutdown"]
 
 
 class NoTaskInProgress(RuntimeError):
     pass
-
-
-def encode(message: dict[str, Any]) -> bytes:
-    data = json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
-    if len(data) > FRAME_LIMIT_BYTES:
-        raise FrameTooLarge(f"frame is {len(data)} bytes; limit is {FRAME_LIMIT_BYTES}")
-    return data + b"\n"
-
-
-async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
-    try:
-        line = await reader.readuntil(b"\n")
-    except asyncio.IncompleteReadError:
-        return None
-    except asyncio.LimitOverrunError:
-        raise FrameTooLarge(f"incoming frame exceeds {FRAME_LIMIT_BYTES} bytes") from None
-    except (ConnectionError, OSError):
-        return None
-    message = json.loads(line)  # ValueError → caller answers -32700 and closes
-    if not isinstance(message, dict):
-        raise ValueError("frame is not a JSON object")
-    return message
-
-
-def reply(msg_id: Any, result: dict[str, Any]) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": msg_id, "result": result}
-
-
-def error(msg_id: Any, code: int, message: str) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": msg_id, "error": {"code": code, "message": message}}
-
-
-def score_frame(template_id: str, evaluation: Any) -> dict[str, Any]:
-    """Normalise a template's grade yield to a `{"score": float, ...}` frame."""
-    if isinstance(evaluation, dict):
-        frame = dict(evaluation)
-        score = frame.get("score")
-    else:
-        score = getattr(evaluation, "reward", evaluation)
-        frame = {"score": score}
-    if isinstance(score, bool) or not isinstance(score, int | float):
-        raise TypeError(f"template {template_id!r} graded with {type(score).__name__}, not a number")
-    if not math.isfinite(score):
-        raise ValueError(f"template {template_id!r} graded with a non-finite score ({score!r})")
-    frame["score"] = float(score)
-    return frame
-
-
-class Runner:
-    """One task's suspended generator between `tasks.start` and `tasks.grade`."""
-
-    def __init__(self, template: Template, args: dict[str, Any]) -> None:
-        try:
-            template.signature.bind(**args)
-        except TypeError as exc:
-            raise TypeError(f"template {template.id!r}: bad args {sorted(args)}: {exc}") from None
-        self.template = template
-        self.args = args
-        self.gen: Any = None
-
-    async def start(self) -> dict[str, Any]:
-        self.gen = self.template.func(**self.args)
-        prompt = await self.gen.__anext__()
-        if isinstance(prompt, dict) and "prompt" in prompt:
-            return prompt
-        return {"prompt": prompt}
-
-    async def grade(self, answer: Any) -> dict[str, Any]:
-        try:
-            evaluation = await self.gen.asend(answer)
-        except StopAsyncIteration:
-            evaluation = 0.0
-        finally:
-            await self.cancel()
-        return score_frame(self.template.id, evaluation)
-
-    async def cancel(self) -> None:
-        if self.gen is not None:
-            gen, self.gen = self.gen, None
-            with contextlib.suppress(Exception):
-                await gen.aclose()
 
 
 class Channel:
@@ -145,15 +61,24 @@ class Session:
         self.work_id: Any = None
         self.work_method = ""
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: dict[str, Any]) -> bool:
+        """Write one reply; False if it had to be replaced by an error (too big, NaN).
+
+        A request without an id is a notification: like hud's server, never answer it
+        (a client would take an unsolicited id-null frame for a fatal error)."""
+        if message.get("id") is None:
+            return True
+        sent_as_is = True
         try:
             frame = encode(message)
         except FrameTooLarge as exc:
-            frame = encode(error(message.get("id"), -32000, str(exc)))
+            frame, sent_as_is = encode(error(message.get("id"), -32000, str(exc))), False
         except ValueError as exc:  # NaN in a result
             frame = encode(error(message.get("id"), -32000, f"unencodable reply: {exc}"))
+            sent_as_is = False
         self.writer.write(frame)
         await self.writer.drain()
+        return sent_as_is
 
     async def run(self, first: dict[str, Any], reader: asyncio.StreamReader) -> None:
         next_frame: asyncio.Future[Any] = asyncio.ensure_future(asyncio.sleep(0, first))
@@ -236,7 +161,9 @@ class Session:
         except Exception as exc:
             await self.send(error(msg_id, -32000, f"{type(exc).__name__}: {exc}"))
             return
-        await self.send(reply(msg_id, result))
+        if not await self.send(reply(msg_id, result)) and method == "tasks.start":
+            # The prompt never reached the client: don't leave its task running (hud does so).
+            await self.channel.cancel(self.id)
 
     def hello(self, params: dict[str, Any]) -> dict[str, Any]:
         requested = params.get("session_id")
@@ -250,6 +177,10 @@ class Session:
             self.channel.live.discard(self.id)
             self.id = requested
             self.channel.live.add(self.id)
+        for key in ("workspace_routes", "connections"):
+            # envkit has no workspaces to route into, but checks the shape as hud does.
+            if not isinstance(params.get(key, []), list):
+                raise _BadParams(f"hello: {key!r} must be a list")
         env = self.channel.env
         return {
             "session_id": self.id,
@@ -261,17 +192,16 @@ class Session:
         template_id = params.get("id")
         if not isinstance(template_id, str):
             raise _BadParams("tasks.start: 'id' must be a string")
-        args = params.get("args") or {}
+        args = params.get("args")
+        if args is None:
+            args = {}
         if not isinstance(args, dict):
             raise _BadParams("tasks.start: 'args' must be an object")
         template = self.channel.env.templates.get(template_id)
         if template is None:
             raise _BadParams(f"unknown task: {template_id!r}")
         await self.channel.cancel(self.id)
-        try:
-            runner = Runner(template, args)
-        except TypeError as exc:
-            raise _BadParams(str(exc)) from None
+        runner = Runner(template, args)  # TypeError on bad args → -32000, as hud answers
         self.channel.runners[self.id] = runner
         try:
             return _jsonable(await runner.start())
@@ -288,8 +218,13 @@ class Session:
 
     def _adopt_parked(self) -> Runner:
         parked = sorted(s for s in self.channel.runners if s not in self.channel.live)
-        if len(parked) != 1:
+        if not parked:
             raise NoTaskInProgress("no task in progress")
+        if len(parked) > 1:
+            raise NoTaskInProgress(
+                f"{len(parked)} parked sessions ({', '.join(parked)}); "
+                "resume one by sending hello with its session_id"
+            )
         return self.channel.runners.pop(parked[0])
 
 
@@ -297,25 +232,21 @@ class _BadParams(ValueError):
     pass
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    return value
-
-
 async def _tunnel(
     channel: Channel, first: dict[str, Any], reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
 ) -> None:
     msg_id = first.get("id")
-    name = (first.get("params") or {}).get("capability")
-    url = channel.capability_urls.get(name) if isinstance(name, str) else None
+    params = first.get("params")
+    name = params.get("capability") if isinstance(params, dict) else None
+    # Codes as hud's server answers: a malformed request is -32602, an unknown name -32000.
+    if not isinstance(name, str):
+        writer.write(encode(error(msg_id, -32602, "tunnel.open: 'capability' must be a string")))
+        await writer.drain()
+        return
+    url = channel.capability_urls.get(name)
     if url is None:
-        writer.write(encode(error(msg_id, -32602, f"unknown capability: {name!r}")))
+        writer.write(encode(error(msg_id, -32000, f"unknown capability: {name!r}")))
         await writer.drain()
         return
     parts = urlsplit(url)
@@ -363,8 +294,14 @@ async def bind(env: Environment, host: str = "127.0.0.1", port: int = 0) -> asyn
     """Bind the control channel (capabilities first, so `hello` reports real URLs)."""
     channel = Channel(env)
     cap_servers = await start_capabilities(env, channel)
+    # Live connection handlers, so shutdown can end them (and their tasks) cleanly.
+    handlers: set[asyncio.Task[None]] = set()
 
     async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            handlers.add(task)
+            task.add_done_callback(handlers.discard)
         try:
             try:
                 first = await read_frame(reader)
@@ -393,20 +330,37 @@ async def bind(env: Environment, host: str = "127.0.0.1", port: int = 0) -> asyn
     server = await asyncio.start_server(
         accept, host=host, port=port, limit=FRAME_LIMIT_BYTES + 1
     )
-    server._hud_ray_caps = cap_servers  # type: ignore[attr-defined]  # kept alive with it
+    server._hud_ray_state = (channel, handlers, cap_servers)  # type: ignore[attr-defined]
     return server
+
+
+async def shutdown(server: asyncio.Server) -> None:
+    """Stop accepting, end every connection, close every suspended task (its `finally`
+    blocks run), stop capability servers — what hud's server does on SIGTERM."""
+    server.close()
+    channel, handlers, cap_servers = server._hud_ray_state  # type: ignore[attr-defined]
+    pending = list(handlers)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for session_id in list(channel.runners):
+        await channel.cancel(session_id)
+    for cap_server in cap_servers:
+        cap_server.close()
 
 
 async def serve(env: Environment, host: str = "127.0.0.1", port: int = 0) -> None:
     """Run start hooks, bind, announce `HUD_SERVE_PORT=<port>`, serve until cancelled."""
     for hook in env._on_start:
         await hook()
-    server = await bind(env, host, port)
+    server: asyncio.Server | None = None
     try:
+        server = await bind(env, host, port)
         print(f"HUD_SERVE_PORT={server.sockets[0].getsockname()[1]}", flush=True)
         await asyncio.Event().wait()
     finally:
-        server.close()
-        for hook in env._on_stop:
+        if server is not None:
+            await shutdown(server)
+        for hook in reversed(env._on_stop):
             with contextlib.suppress(Exception):
                 await hook()

@@ -1,0 +1,3 @@
+"""An env file that defines no Environment at all."""
+
+ANSWER = 42
