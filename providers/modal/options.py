@@ -1,0 +1,161 @@
+"""Options of the `modal` provider and the pure functions that turn a spec into SDK arguments.
+
+Nothing here touches the network or imports the SDK, so it is cheap to validate at plan time.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .. import gate
+from ..base import SandboxSpec
+from ..errors import ProviderConfigError, UnsupportedSpecError
+
+# Modal caps a sandbox's life at 24 h; its SDK default (300 s) would kill long rollouts.
+MAX_TIMEOUT_S = 24 * 3600
+MIN_TIMEOUT_S = 10
+# Modal refuses entrypoint argv longer than 2**16 bytes in total (sandbox/_common.py).
+MAX_ARGV_BYTES = 2**16
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+DEFAULT_COMMAND = "python -m hud.environment.server env.py --host 127.0.0.1 --port {port}"
+
+
+class ModalOptions(BaseModel):
+    """`--provider-opt KEY=VALUE` for `--provider modal`."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    sdk: Any = Field(None, description="import path 'pkg.mod:attr' of an object standing in "
+                     "for the `modal` module (tests use tests.fakes.modal_fake:sdk); "
+                     "default: the real SDK")
+    app_name: str = Field("hud-ray", description="Modal app the sandboxes belong to")
+    environment: str | None = Field(None, description="Modal environment (else MODAL_ENVIRONMENT)")
+    image: str | None = Field(None, description="image when the task names none: a registry tag, "
+                              "'modal:NAME[:TAG]', an image id 'im-…' or 'py:pkg.mod:attr'")
+    image_secret: str | None = Field(None, description="Modal secret with registry credentials")
+    command: str = Field(DEFAULT_COMMAND, description="env server argv inside the sandbox; "
+                         "{port} is filled by the gate, {env_name} from the task")
+    python: str = Field("python3", description="interpreter in the image that runs the gate")
+    gate_port: int = Field(8765, ge=1, le=65535, description="public (unencrypted) port")
+    inner_port: int = Field(0, ge=0, le=65535, description="env server port on 127.0.0.1; "
+                            "0 = let it pick and read its HUD_SERVE_PORT= line")
+    workdir: str | None = None
+    env: dict[str, str] = Field(default_factory=dict, description="extra sandbox env vars")
+    secrets: list[str] = Field(default_factory=list, description="named Modal secrets to attach")
+    region: str | None = None
+    inbound_cidr_allowlist: list[str] | None = Field(
+        None, description="CIDRs allowed to reach the gate port (defence in depth)")
+    retries: int = Field(4, ge=0, description="retries of a transient SDK error per call")
+    backoff_s: float = Field(1.0, gt=0)
+    backoff_max_s: float = Field(20.0, gt=0)
+    tunnel_poll_s: int = Field(50, ge=1, le=600, description="timeout of one tunnels() call")
+
+    @field_validator("workdir")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"must be an absolute path inside the sandbox, got {value!r}")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not _ENV_KEY.match(key):
+                raise ValueError(f"env var name {key!r}: only letters, digits and _ are allowed")
+            if key == gate.SECRET_ENV:
+                raise ValueError(f"{key} is reserved for the gate's secret")
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: str) -> str:
+        try:
+            argv = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot split {value!r}: {exc}") from None
+        if not argv:
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _ports(self) -> ModalOptions:
+        if self.inner_port == self.gate_port:
+            raise ValueError(f"inner_port and gate_port are both {self.gate_port}")
+        return self
+
+
+def timeout_s(spec: SandboxSpec) -> int:
+    """Whole seconds for `Sandbox.create(timeout=)`, from the rollout's deadline."""
+    return max(MIN_TIMEOUT_S, math.ceil(spec.lifetime_s))
+
+
+def check_spec(spec: SandboxSpec, options: ModalOptions) -> None:
+    """What Modal cannot give, beyond the resource fields the base class checks."""
+    if not (spec.image or options.image):
+        raise ProviderConfigError(
+            "provider 'modal': no image: set runtime_config.image in the task or "
+            "--provider-opt image=REGISTRY_TAG (or modal:NAME, im-ID, py:pkg.mod:attr)"
+        )
+    if spec.lifetime_s > MAX_TIMEOUT_S:
+        raise UnsupportedSpecError(
+            f"provider 'modal': a sandbox lives at most {MAX_TIMEOUT_S} s; this rollout needs "
+            f"{spec.lifetime_s:.0f} s (runtime_config.limits.run_timeout_s)"
+        )
+    if gate.SECRET_ENV in spec.env_vars:
+        raise ProviderConfigError(f"provider 'modal': env var {gate.SECRET_ENV} is reserved")
+    gpu = spec.resources.gpu if spec.resources else None
+    if gpu is not None and gpu.count < 1:
+        raise UnsupportedSpecError(f"provider 'modal': runtime_config.resources.gpu.count={gpu.count}")
+    entrypoint(spec, options)  # too long an argv is a config error, caught before any create
+
+
+def entrypoint(spec: SandboxSpec, options: ModalOptions) -> list[str]:
+    """The sandbox's argv: the gate (shipped as `python3 -c SOURCE`) starting the env server.
+
+    Shipping the source in argv needs no image layer, mount or extra RPC, works with any
+    image that has a python3, and keeps the gate's version equal to the client's.
+    """
+    command = shlex.split(options.command.replace("{env_name}", spec.env_name or ""))
+    argv = [options.python, "-c", gate.source(),
+            "--port", str(options.gate_port), "--upstream-port", str(options.inner_port),
+            "--", *command]
+    size = sum(len(a.encode()) for a in argv)
+    if size > MAX_ARGV_BYTES:
+        raise ProviderConfigError(
+            f"provider 'modal': sandbox argv is {size} bytes, Modal allows {MAX_ARGV_BYTES}; "
+            "shorten the command option"
+        )
+    return argv
+
+
+def resources(spec: SandboxSpec) -> dict[str, Any]:
+    """SandboxSpec.resources → Sandbox.create keywords (cpu, memory MiB, gpu 'TYPE[:N]')."""
+    res = spec.resources
+    if res is None:
+        return {}
+    out: dict[str, Any] = {}
+    if res.cpu is not None:
+        out["cpu"] = float(res.cpu)
+    if res.memory_mb is not None:
+        out["memory"] = int(res.memory_mb)
+    if res.gpu is not None:
+        kind = res.gpu.type or "any"
+        out["gpu"] = kind if res.gpu.count == 1 else f"{kind}:{res.gpu.count}"
+    return out
+
+
+def image_kind(ref: str) -> tuple[str, str]:
+    """('registry'|'name'|'id'|'definition', value) for an image reference."""
+    if ref.startswith("modal:"):
+        return "name", ref[len("modal:"):]
+    if ref.startswith("py:"):
+        return "definition", ref[len("py:"):]
+    if re.fullmatch(r"im-[A-Za-z0-9]+", ref):
+        return "id", ref
+    return "registry", ref

@@ -1,0 +1,62 @@
+"""Readiness = a wire `hello` answered through the gate (stdlib; providers never import hud_ray).
+
+An open tunnel port proves little: the gate accepts before the env server serves, and
+Modal's relay accepts before the sandbox is scheduled. Only a `hello` reply with a
+session id shows that the secret, the gate and the env server all work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+HELLO = b'{"jsonrpc":"2.0","id":1,"method":"hello","params":{}}\n'
+BYE = b'{"jsonrpc":"2.0","id":2,"method":"bye","params":{}}\n'
+_REPLY_LIMIT = 1 << 20
+
+
+class NotYet(Exception):
+    """Refused, closed or silent: the sandbox may still be starting."""
+
+
+class WrongAnswer(Exception):
+    """Something answered, but not an env server: waiting longer will not help."""
+
+
+async def hello(host: str, port: int, preamble: bytes, timeout_s: float) -> dict[str, Any]:
+    """One connect + gate frame + `hello`; the reply, or NotYet / WrongAnswer."""
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, limit=_REPLY_LIMIT), timeout_s
+        )
+    except (TimeoutError, OSError) as exc:
+        raise NotYet(f"connect {host}:{port}: {exc!r}") from None
+    try:
+        writer.write(preamble + HELLO)
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), timeout_s)
+    except TimeoutError:
+        raise NotYet(f"no hello reply within {timeout_s:.1f}s") from None
+    except (OSError, ValueError) as exc:
+        raise NotYet(f"connection broke: {exc!r}") from None
+    else:
+        if not line:
+            raise NotYet("closed before answering hello (env not up yet, or gate refused)")
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            raise WrongAnswer(f"not an env server: {line[:80]!r}") from None
+        if not isinstance(reply, dict) or ("result" not in reply and "error" not in reply):
+            raise WrongAnswer(f"not a JSON-RPC reply: {line[:80]!r}")
+        if "result" in reply and not isinstance((reply["result"] or {}).get("session_id"), str):
+            raise WrongAnswer(f"hello reply without session_id: {line[:80]!r}")
+        # A JSON-RPC error is still an env answering: the rollout's own hello will report it.
+        try:
+            writer.write(BYE)
+            await writer.drain()
+        except OSError:
+            pass
+        return reply
+    finally:
+        writer.close()
