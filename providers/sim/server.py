@@ -74,31 +74,47 @@ class SimHub:
         self.boxes = boxes
         self.options = options
         self.server: asyncio.Server | None = None
+        self.starting: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.port = 0
         self.bindings: list[dict[str, Any]] = []
 
     async def port_for_this_loop(self) -> int:
         loop = asyncio.get_running_loop()
-        if self.loop is loop and self.server is not None:
-            return self.port
-        self.close()  # a server of a previous (closed) loop; its connections died with it
-        for box in self.boxes.values():
-            box.conns, box.timer = None, None
-        # A deep backlog: thousands of rollouts may dial at once, and a dropped SYN costs 1 s.
-        self.server = await loop.create_server(lambda: _Conn(self), self.options.host, 0,
-                                               backlog=4096)
-        self.loop = loop
-        self.port = self.server.sockets[0].getsockname()[1]
+        if self.loop is not loop:
+            # First use, or a previous loop (closed; its connections died with it). One task
+            # starts the listener: thousands of concurrent first ready() calls share it.
+            self.close()
+            for box in self.boxes.values():
+                box.conns, box.timer = None, None
+            self.loop = loop
+            self.starting = loop.create_task(self._listen(loop))
+        if self.server is None:
+            assert self.starting is not None
+            await asyncio.shield(self.starting)
+        return self.port
+
+    async def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            # A deep backlog: thousands of rollouts may dial at once; a dropped SYN costs 1 s.
+            server = await loop.create_server(lambda: _Conn(self), self.options.host, 0,
+                                              backlog=4096)
+        except BaseException:
+            self.loop = None  # the next ready() tries again
+            raise
+        if self.loop is not loop:  # closed while binding
+            server.close()
+            raise ConnectionAbortedError("sim provider closed while starting its listener")
+        self.server = server
+        self.port = server.sockets[0].getsockname()[1]
         url = f"tcp://{self.options.host}:{self.port}"
         self.bindings = [{"name": CAPABILITY, "protocol": "tcp", "url": url, "params": {}}]
-        return self.port
 
     def close(self) -> None:
         if self.server is not None:
             with contextlib.suppress(Exception):
                 self.server.close()
-        self.server, self.loop = None, None
+        self.server, self.loop, self.starting = None, None, None
 
     # --- timed sandbox events ---------------------------------------------------------
     def arm(self, box: SimSandbox) -> None:

@@ -203,6 +203,36 @@ def test_cold_start_waits_and_times_out() -> None:
     run(go())
 
 
+def test_concurrent_first_ready_calls_share_one_listener() -> None:
+    async def go() -> None:
+        p = SimProvider(record=False)
+        handles = [await p.create(SandboxSpec(name=f"first{i}"), {}) for i in range(300)]
+        endpoints = await asyncio.gather(*(p.ready(h, 5) for h in handles))
+        assert len({e.url for e in endpoints}) == 1
+        client = await EnvClient.connect(endpoints[0].url, preamble=endpoints[0].preamble,
+                                         ready_timeout_s=2, heartbeat_s=None)
+        await client.bye()
+        await p.close()
+    run(go())
+    # A new event loop (a new asyncio.run) gets a new listener; sandboxes carry over.
+    p = SimProvider(record=False)
+
+    async def make():
+        return await p.create(SandboxSpec(name="carry"), {}), await p.ready(
+            await p.create(SandboxSpec(name="x"), {}), 5)
+
+    handle, first = run(make())
+
+    async def again():
+        ep = await p.ready(handle, 5)
+        client = await EnvClient.connect(ep.url, preamble=ep.preamble, ready_timeout_s=2,
+                                         heartbeat_s=None)
+        await client.bye()
+        return ep
+
+    assert run(again()).url != first.url
+
+
 # --- the wire protocol, spoken raw -----------------------------------------------------------
 async def _raw(endpoint, *frames: dict, preamble: bool = True) -> list[dict | None]:
     host, port = endpoint.host_port
