@@ -72,7 +72,7 @@ class Gate:
         self.upstream_known = asyncio.Event()
         if upstream_port:
             self.upstream_known.set()
-        self.pending = 0
+        self.pending: dict[asyncio.StreamWriter, None] = {}  # insertion order = age
         self.rejected = 0
         self.accepted = 0
 
@@ -91,10 +91,13 @@ class Gate:
         return hmac.compare_digest(token.encode(), self._secret)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.pending >= self.max_pending:  # a flood of idle connections: shed load
-            self._reject(writer, "too many unauthenticated connections")
-            return
-        self.pending += 1
+        # Bound unauthenticated connections by evicting the OLDEST: a slow-loris attacker
+        # must then out-pace a real client's first packet, not just hold a few idle sockets.
+        if len(self.pending) >= self.max_pending:
+            oldest = next(iter(self.pending))
+            del self.pending[oldest]
+            self._reject(oldest, "evicted: too many unauthenticated connections")
+        self.pending[writer] = None
         try:
             line = await asyncio.wait_for(reader.readuntil(b"\n"), self.auth_timeout_s)
         except _TIMEOUTS:
@@ -104,7 +107,10 @@ class Gate:
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             line, reason = None, "closed before a frame"
         finally:
-            self.pending -= 1
+            evicted = writer not in self.pending
+            self.pending.pop(writer, None)
+        if evicted:
+            return
         if line is None:
             self._reject(writer, reason)
             return
