@@ -54,7 +54,8 @@ class DaytonaResources(BaseModel):
 
 
 class DaytonaOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # validate_default: values taken from the environment are checked like given ones.
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
     # --- account -------------------------------------------------------------------
     api_key: SecretStr | None = Field(

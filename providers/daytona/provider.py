@@ -52,7 +52,9 @@ T = TypeVar("T")
 SESSION_ID = "hud-ray-env"
 _DEAD_STATES = {"error", "build_failed", "stopped", "stopping", "archived", "archiving",
                 "destroying", "destroyed"}
-_RECYCLE_AFTER_PROBES = 3  # failed hellos on one SSH connection before it is replaced
+# An SSH connection that stays open while hello keeps failing through it is replaced after
+# this long (a refused channel is normal while the server boots; a wedged gateway is not).
+_RECYCLE_AFTER_S = 5.0
 
 
 def _state(obj: Any) -> str:
@@ -257,7 +259,7 @@ class DaytonaProvider(Provider):
         if live.cmd_id is None:
             await self._start_server(live)
         last_error: BaseException | None = None
-        failures_on_tunnel = 0
+        tunnel_since = time.monotonic()
         next_status_check = time.monotonic() + 1.0
         interval = 0.05  # the server usually answers within a second: poll fast, then back off
         while True:
@@ -266,7 +268,7 @@ class DaytonaProvider(Provider):
                 if live.tunnel is None or not live.tunnel.is_open():
                     await self._close_tunnel(live)
                     live.tunnel = await self._open_tunnel(live, max(0.5, remaining))
-                    failures_on_tunnel = 0
+                    tunnel_since = time.monotonic()
                 if o.probe_hello:
                     await hello_probe("127.0.0.1", live.tunnel.local_port,
                                       min(5.0, max(0.5, remaining)))
@@ -276,8 +278,7 @@ class DaytonaProvider(Provider):
                 raise NotReadyError(f"env server answered hello wrongly: {exc}") from None
             except ProbeFailed as exc:
                 last_error = exc
-                failures_on_tunnel += 1
-                if failures_on_tunnel >= _RECYCLE_AFTER_PROBES:
+                if time.monotonic() - tunnel_since >= _RECYCLE_AFTER_S:
                     await self._close_tunnel(live)
             except (ProviderConfigError, SandboxError, QuotaError):
                 raise

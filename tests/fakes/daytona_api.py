@@ -99,7 +99,7 @@ class FakeDaytona:
         self.deleted: dict[str, FakeSandbox] = {}
         self.snapshots: dict[str, dict[str, Any]] = {}
         self.tokens: dict[str, tuple[str, float]] = {}  # token → (sandbox id, expires epoch)
-        self.requests: list[tuple[str, str, int]] = []
+        self.requests: list[tuple[str, str, int, float]] = []  # method, path, status, monotonic
         self.create_bodies: list[dict[str, Any]] = []
         self.snapshot_bodies: list[dict[str, Any]] = []
         self.faults: list[HttpFault] = []
@@ -169,9 +169,13 @@ class FakeDaytona:
             return list(self.sandboxes.values())
 
     def count(self, method: str, path: str) -> int:
+        return len(self.times(method, path))
+
+    def times(self, method: str, path: str) -> list[float]:
+        """When matching requests arrived (monotonic clock), in order."""
         pattern = re.compile(path)
         with self._lock:
-            return sum(1 for m, p, _ in self.requests if m == method and pattern.search(p))
+            return [t for m, p, _, t in self.requests if m == method and pattern.search(p)]
 
     def server_pids(self) -> list[int]:
         with self._lock:
@@ -232,7 +236,7 @@ class FakeDaytona:
             image_name=rec["image_name"], state=api.SnapshotState(rec["state"]), size=1.0,
             entrypoint=rec["entrypoint"], cpu=rec["cpu"], gpu=0, mem=rec["mem"],
             disk=rec["disk"], error_reason=None, created_at=rec["created"],
-            updated_at=rec["created"], last_used_at=None,
+            updated_at=rec["created"], last_used_at=None, source_sandbox_id=None,
         )
 
     # --- sandboxes -------------------------------------------------------------------
@@ -294,7 +298,7 @@ class FakeDaytona:
                         command.proc.wait(5)
 
     def _ssh_access(self, sandbox: FakeSandbox, minutes: int | None) -> api.SshAccessDto:
-        token = secrets.token_urlsafe(24)
+        token = secrets.token_hex(20)  # ssh(1) would read a leading "-" as an option
         ttl = self.token_ttl_s if self.token_ttl_s is not None else (minutes or 60) * 60
         now = datetime.now(UTC)
         with self._lock:
@@ -457,7 +461,8 @@ def _handler(fake: FakeDaytona) -> type[BaseHTTPRequestHandler]:
             except Exception as exc:  # a fake bug must show up as a 500, not a hang
                 status, payload, extra = 500, f"fake daytona crashed: {exc!r}", {}
             with fake._lock:
-                fake.requests.append((self.command, urlsplit(self.path).path, status))
+                fake.requests.append(
+                    (self.command, urlsplit(self.path).path, status, time.monotonic()))
             if payload is None:
                 data = b""
             elif isinstance(payload, str):
@@ -480,6 +485,18 @@ def _handler(fake: FakeDaytona) -> type[BaseHTTPRequestHandler]:
             return None
 
     return Handler
+
+
+def provider_options(fake: FakeDaytona, **overrides: Any) -> dict[str, Any]:
+    """Options pointing the `daytona` provider at `fake`, with test-sized back-off."""
+    return {
+        "api_key": fake.api_key,
+        "api_url": fake.url,
+        "backoff_base_s": 0.02,
+        "backoff_max_s": 0.2,
+        "create_timeout_s": 20.0,
+        **overrides,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
