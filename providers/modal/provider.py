@@ -217,7 +217,7 @@ class ModalProvider(Provider):
                 raise NotReadyError(f"sandbox {handle.sandbox_id} exited with code {code} before "
                                     f"its env answered hello{await self._tail(handle)}")
             await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-            pause = min(2.0, pause * 2)
+            pause = min(1.0, pause * 2)
         raise NotReadyError(f"sandbox {handle.sandbox_id}: env did not answer hello through the "
                             f"gate at {host}:{port} within {budget:.1f}s (last: {last})")
 

@@ -136,7 +136,10 @@ def _fault(point: str) -> str | None:
 def _raise_fault(point: str) -> None:
     name = _fault(point)
     if name and name != "never":
-        raise getattr(exception, name)(f"fake modal: injected {name} at {point}")
+        message = f"fake modal: injected {name} at {point}"
+        if name == "ImageBuildError":  # the one Modal error with a required extra argument
+            raise exception.ImageBuildError(message, image_id="im-failedbuild")
+        raise getattr(exception, name)(message)
 
 
 def calls() -> list[dict[str, Any]]:
@@ -517,6 +520,11 @@ def _records() -> list[dict[str, Any]]:
 
 
 # --- test helpers ------------------------------------------------------------------------
+def demo_image() -> _Image:
+    """An image *definition* (what `--provider-opt image=py:MOD:ATTR` points at)."""
+    return sdk.Image.debian_slim("3.11")
+
+
 def live_sandboxes() -> list[dict[str, Any]]:
     """Records of running sandboxes, seen from any process."""
     return [r for r in _records() if _alive(r)]
