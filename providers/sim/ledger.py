@@ -23,6 +23,7 @@ import os
 import secrets
 import socket
 import struct
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -51,28 +52,33 @@ class EventLog:
         self._buf: list[tuple[Any, ...]] = []
         self._next_flush = time.monotonic() + flush_s
         self._file: Any = None
+        # The scheduler reaps from a thread of its own while the main thread may flush.
+        self._lock = threading.Lock()
 
     def add(self, event: tuple[Any, ...]) -> None:
-        self._buf.append(event)
+        with self._lock:
+            self._buf.append(event)
         if self.flush_s == 0 or time.monotonic() >= self._next_flush:
             self.flush()
 
     def flush(self) -> None:
-        self._next_flush = time.monotonic() + self.flush_s
-        if not self._buf:
-            return
-        buf, self._buf = self._buf, []
-        if self._file is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")  # kept open: one append stream per instance
-        self._file.write("".join(map(_line, buf)))
-        self._file.flush()
+        with self._lock:
+            self._next_flush = time.monotonic() + self.flush_s
+            if not self._buf:
+                return
+            buf, self._buf = self._buf, []
+            if self._file is None:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self._file = open(self.path, "a", encoding="utf-8")  # one append stream
+            self._file.write("".join(map(_line, buf)))
+            self._file.flush()
 
     def close(self) -> None:
         self.flush()
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
@@ -165,8 +171,9 @@ class AccountQuota:
     """Token bucket and live count in a 64-byte mmap'd file, updated under flock.
 
     Shared by every process using the account on this host, at ≈ 2 µs per create. The
-    live count is approximate after a SIGKILL (the killed process cannot decrement it)
-    until a reaper destroys the orphans, which decrements it.
+    live count is approximate: after a SIGKILL (the killed process cannot decrement it)
+    until a reaper destroys the orphans, and one too low if an owner destroys a sandbox a
+    reaper already destroyed (never below zero).
     """
 
     _STATE = struct.Struct("<ddq")  # tokens, wall time of that token count, live sandboxes
