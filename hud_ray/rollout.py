@@ -19,7 +19,14 @@ from pydantic import BaseModel
 from hud_ray.agents import Agent, Session, agent_name
 from hud_ray.schema import RolloutResult, Status, utcnow
 from hud_ray.tasks import Rollout
-from hud_ray.wire import EnvClient, ProtocolError, RemoteError, TransportError, WireError
+from hud_ray.wire import (
+    EnvClient,
+    ProtocolError,
+    RemoteError,
+    TransportError,
+    WireError,
+    WireTimeout,
+)
 from providers import (
     LABEL_OWNER,
     LABEL_ROLLOUT,
@@ -104,6 +111,8 @@ class RolloutRunner:
         self._sandbox_t0: float | None = None
         self._sandbox_s: float | None = None
         self._teardown_error: str | None = None
+        self._startup_deadline: float | None = None
+        self._env_unresponsive = False
 
     # --- entry -----------------------------------------------------------------------
     async def run(self) -> RolloutResult:
@@ -155,6 +164,10 @@ class RolloutRunner:
             self.provider.check_spec(spec)
             self._sandbox_t0 = time.monotonic()
             self.handle = await self.provider.create(spec, labels)
+            # One startup budget (limits.startup_timeout_s, else ready_timeout_s) covers
+            # ready + connect: an env that never serves fails as infra_error (retryable)
+            # instead of eating the whole rollout deadline.
+            self._startup_deadline = time.monotonic() + spec.startup_timeout_s
         except ProviderConfigError as exc:
             raise RolloutFailure(Status.INFRA_ERROR, exc, fatal=True) from None
         except QuotaError as exc:
@@ -165,7 +178,7 @@ class RolloutRunner:
     async def _ready(self) -> Endpoint:
         assert self.handle is not None
         try:
-            return await self.provider.ready(self.handle, self._remaining())
+            return await self.provider.ready(self.handle, self._startup_remaining())
         except ProviderConfigError as exc:
             raise RolloutFailure(Status.INFRA_ERROR, exc, fatal=True) from None
         except QuotaError as exc:
@@ -178,7 +191,7 @@ class RolloutRunner:
             self.client = await EnvClient.connect(
                 endpoint.url,
                 preamble=endpoint.preamble,
-                ready_timeout_s=min(self._remaining(), self.config.ready_timeout_s),
+                ready_timeout_s=self._startup_remaining(),
                 call_timeout_s=self._remaining(),
                 heartbeat_s=self.config.heartbeat_s,
             )
@@ -220,8 +233,9 @@ class RolloutRunner:
                 self.answer = await self.agent(self.session)
         except (RolloutFailure, asyncio.CancelledError):
             raise
-        except TimeoutError:
-            raise  # the rollout deadline: handled in run()
+        # The rollout deadline reaches the agent as CancelledError (asyncio.timeout turns it
+        # into TimeoutError only at its own boundary), so a TimeoutError here is the agent's
+        # own (an LLM call that timed out): an agent_error, not a retryable infra failure.
         except Exception as exc:
             # A dead control connection means the sandbox went away under the agent.
             if self.client is not None and isinstance(self.client._broken, TransportError):
@@ -253,10 +267,19 @@ class RolloutRunner:
     def _remaining(self) -> float:
         return max(0.001, self.deadline_s - (time.monotonic() - self._t0))
 
+    def _startup_remaining(self) -> float:
+        if self._startup_deadline is None:
+            return self._remaining()
+        return max(0.001, min(self._remaining(), self._startup_deadline - time.monotonic()))
+
     async def _cancel_task(self) -> None:
         if self.client is not None and self.phase in ("start", "agent", "grade"):
-            with contextlib.suppress(WireError, OSError):
+            try:
                 await shielded(self.client.cancel(self.config.cancel_timeout_s))
+            except WireTimeout:
+                self._env_unresponsive = True  # a hung env: don't wait for a bye reply too
+            except (WireError, OSError):
+                pass
 
     async def _teardown(self) -> None:
         t0 = time.monotonic()
@@ -273,7 +296,10 @@ class RolloutRunner:
 
     async def _release(self) -> None:
         if self.client is not None:
-            await self.client.bye()
+            if self._env_unresponsive:
+                await self.client.close()
+            else:
+                await self.client.bye()
         if self.handle is not None:
             await self.provider.destroy(self.handle)
 

@@ -131,7 +131,7 @@ def iter_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         elif file.suffix == ".json":
             yield from _iter_json(file, name)
         elif file.suffix == ".parquet":
-            yield from _iter_parquet(file)
+            yield from _iter_parquet(file, name)
         else:
             raise TaskFileError(f"{name}: unknown task file type (want .json, .jsonl or .parquet)")
     except FileNotFoundError:
@@ -170,19 +170,56 @@ def _iter_json(file: Path, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
         yield index + 1, row  # "line" = 1-based row index in the array
 
 
-def _iter_parquet(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _iter_parquet(file: Path, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
     import pyarrow.parquet as pq
 
+    parquet = pq.ParquetFile(file)
+    # Nested columns come in two shapes. Struct: one type inferred across all rows, so each
+    # row carries every other row's keys as nulls (an `arith` row gets `sentence: null`);
+    # those nulls are absent keys, not args. Map: arrives as [(key, value), ...] pairs.
+    nested = {f.name: f.type for f in parquet.schema_arrow
+              if _is_nested(f.type)}
     row_no = 0
-    for batch in pq.ParquetFile(file).iter_batches(batch_size=1024):
+    for batch in parquet.iter_batches(batch_size=1024):
         for row in batch.to_pylist():
             row_no += 1
+            for key, arrow_type in nested.items():
+                row[key] = _from_arrow(row.get(key), arrow_type)
             # JSON-typed columns may be stored as strings
             for key in ("args", "agent_config", "columns", "runtime_config", "env"):
                 value = row.get(key)
                 if isinstance(value, str) and value[:1] in "{[":
-                    row[key] = json.loads(value)
+                    try:
+                        row[key] = json.loads(value)
+                    except ValueError as exc:
+                        raise TaskFileError(
+                            f"{name}:{row_no}: field {key!r}: malformed JSON: {exc}"
+                        ) from None
             yield row_no, {k: v for k, v in row.items() if v is not None}
+
+
+def _is_nested(arrow_type: Any) -> bool:
+    import pyarrow as pa
+
+    return bool(pa.types.is_struct(arrow_type) or pa.types.is_map(arrow_type)
+                or pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type))
+
+
+def _from_arrow(value: Any, arrow_type: Any) -> Any:
+    """A nested Parquet value as the JSON it stood for (see _iter_parquet)."""
+    import pyarrow as pa
+
+    if value is None:
+        return None
+    if pa.types.is_map(arrow_type):
+        return {k: _from_arrow(v, arrow_type.item_type) for k, v in value}
+    if pa.types.is_struct(arrow_type):
+        fields = {arrow_type.field(i).name: arrow_type.field(i).type
+                  for i in range(arrow_type.num_fields)}
+        return {k: _from_arrow(v, fields[k]) for k, v in value.items() if v is not None}
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        return [_from_arrow(v, arrow_type.value_type) for v in value]
+    return value
 
 
 class SlugRegistry:
@@ -192,13 +229,18 @@ class SlugRegistry:
         self.source = source
         self._seen: dict[int, int] = {}
 
-    def add(self, slug: str, line: int) -> None:
+    def add(self, slug: str, line: int, *, defaulted: bool = False) -> None:
         digest = int.from_bytes(hashlib.blake2b(slug.encode(), digest_size=8).digest(), "big")
         first = self._seen.setdefault(digest, line)
         if first != line:
+            hint = (
+                "; a default slug keeps only 8 hex digits of sha1(args), so tasksets past"
+                " ~100k rows are likely to collide: give these rows an explicit `slug`"
+                if defaulted else ""
+            )
             raise TaskFileError(
                 f"{self.source}: duplicate slug {slug!r} on lines {first} and {line}"
-                " (slugs must be unique in a taskset)"
+                f" (slugs must be unique in a taskset{hint})"
             )
 
 
@@ -208,7 +250,7 @@ def iter_tasks(path: str | Path) -> Iterator[tuple[int, Task]]:
     slugs = SlugRegistry(name)
     for line, row in iter_rows(path):
         task = _parse_row(name, line, row)
-        slugs.add(task.slug or "", line)
+        slugs.add(task.slug or "", line, defaulted=not row.get("slug"))
         yield line, task
 
 

@@ -105,17 +105,23 @@ class LocalProvider(Provider):
     # --- lifecycle -----------------------------------------------------------------
     def argv(self, spec: SandboxSpec) -> list[str]:
         opts = self.options
-        if "{env_file}" in opts.command and not opts.env_file:
-            raise ProviderConfigError(
-                "provider 'local': option env_file is required (--provider-opt env_file=PATH)"
-            )
+        self.check_config()  # where the process starts, the file must be there too
         env_file = os.path.abspath(opts.env_file) if opts.env_file else ""
-        text = opts.command.format(
-            python=shlex.quote(sys.executable),
-            env_file=shlex.quote(env_file),
-            env_name=shlex.quote(spec.env_name or ""),
-        )
-        return shlex.split(text)
+        try:
+            text = opts.command.format(
+                python=shlex.quote(sys.executable),
+                env_file=shlex.quote(env_file),
+                env_name=shlex.quote(spec.env_name or ""),
+            )
+            argv = shlex.split(text)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ProviderConfigError(
+                f"provider 'local': option command {opts.command!r} is invalid ({exc!r}); "
+                "placeholders are {python} {env_file} {env_name}"
+            ) from None
+        if not argv:
+            raise ProviderConfigError("provider 'local': option command is empty")
+        return argv
 
     async def create(self, spec: SandboxSpec, labels: dict[str, str]) -> SandboxHandle:
         argv = self.argv(spec)
@@ -133,9 +139,21 @@ class LocalProvider(Provider):
                 env=env,
                 limit=1 << 20,
             )
+        except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+            # Retrying cannot help a command that does not exist: a config error (fatal).
+            self._drop_ledger(handle.sandbox_id)
+            if self.options.cwd and exc.filename == self.options.cwd:
+                what = f"option cwd: {self.options.cwd!r}"
+            else:
+                what = f"option command: cannot run {argv[0]!r}"
+            raise ProviderConfigError(f"provider 'local': {what}: {exc.strerror}") from None
         except OSError as exc:
             self._drop_ledger(handle.sandbox_id)
             raise CreateError(f"provider 'local': cannot start {argv[0]!r}: {exc}") from None
+        except BaseException:
+            # Cancelled while spawning: asyncio kills the half-made process; drop its entry.
+            self._drop_ledger(handle.sandbox_id)
+            raise
         handle.data.update(pid=process.pid, pgid=process.pid, started=_start_time(process.pid))
         self._write_ledger(handle)
         self._procs[handle.sandbox_id] = _Proc(process, self.options.output_lines)
@@ -180,7 +198,23 @@ class LocalProvider(Provider):
 
     async def diagnostics(self, handle: SandboxHandle) -> str:
         proc = self._procs.get(handle.sandbox_id)
-        return proc.tail() if proc else ""
+        if proc is None:
+            return ""
+        # A client sees a dead env's socket close before our pipe reader has drained its
+        # last words (usually the reason it died): give the reader a moment to hit EOF.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(proc.pump), 0.5)
+        return proc.tail()
+
+    async def reap(self, labels: dict[str, str]) -> list[SandboxHandle]:
+        """Destroy live leftovers carrying `labels`; forget entries whose process is gone."""
+        found = await super().reap(labels)
+        for entry in self._ledger_entries():
+            data = entry.get("data", {})
+            if (all(entry.get("labels", {}).get(k) == v for k, v in labels.items())
+                    and "pid" in data and not _is_ours_alive(data)):
+                self._drop_ledger(str(entry.get("sandbox_id")))
+        return found
 
     def alive_pids(self) -> list[int]:
         """PIDs of env processes this instance still owns (tests check these)."""
