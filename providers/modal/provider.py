@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import os
 import secrets
 import time
 from typing import Any
@@ -41,6 +43,13 @@ class ModalProvider(Provider):
         # create reuses the secret, and nothing secret reaches handles, tags, names or logs.
         self._secrets: dict[str, str] = {}
         self._sandboxes: dict[str, Any] = {}
+
+    def account(self) -> str:
+        """Quota key for a governor: the token's id (hashed) and environment, so two runs
+        on one Modal workspace share one create-rate budget."""
+        token = os.environ.get("MODAL_TOKEN_ID") or os.environ.get("MODAL_PROFILE") or "default"
+        env = self.options.environment or os.environ.get("MODAL_ENVIRONMENT") or ""
+        return "modal-" + hashlib.sha1(f"{token}/{env}".encode()).hexdigest()[:12]
 
     # --- SDK, app, image: resolved once per process --------------------------------
     @property
@@ -193,6 +202,9 @@ class ModalProvider(Provider):
                 give_up=NotReadyError, deadline=deadline)
         except NotReadyError as exc:
             raise NotReadyError(f"{exc} (no tunnel within {budget:.1f}s)"
+                                f"{await self._tail(handle)}") from None
+        except self.sdk.exception.Error as exc:  # e.g. SandboxTerminatedError: it ended
+            raise NotReadyError(f"sandbox {handle.sandbox_id}: {type(exc).__name__}: {exc}"
                                 f"{await self._tail(handle)}") from None
         if port not in found:
             raise NotReadyError(f"sandbox {handle.sandbox_id} has no tunnel for port {port} "

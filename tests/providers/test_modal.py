@@ -413,3 +413,26 @@ def test_registry_maps_modal_and_the_package_never_shadows_the_sdk():
     assert provider_class("modal") is ModalProvider
     assert load_sdk(None) is modal and hasattr(load_sdk(None), "Sandbox")
     assert isinstance(provider(), ModalProvider)
+
+
+NO_TOKEN_SCRIPT = """
+import asyncio
+from providers import SandboxSpec, get_provider
+try:
+    asyncio.run(get_provider("modal", image="python:3.11-slim").create(SandboxSpec(name="x"), {}))
+except Exception as exc:
+    print(type(exc).__name__, exc)
+"""
+
+
+def test_real_sdk_without_credentials_is_a_config_error_naming_the_vars(tmp_path):
+    """The REAL modal package, no token anywhere (and a loopback server URL in case it dials):
+    one ProviderConfigError naming MODAL_TOKEN_ID / MODAL_TOKEN_SECRET."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODAL_")}
+    env.update(HOME=str(tmp_path), MODAL_CONFIG_PATH=str(tmp_path / "none.toml"),
+               MODAL_SERVER_URL="http://127.0.0.1:9")
+    done = subprocess.run([sys.executable, "-c", NO_TOKEN_SCRIPT], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.startswith("ProviderConfigError"), (done.stdout, done.stderr)
+    assert "MODAL_TOKEN_ID" in done.stdout and "MODAL_TOKEN_SECRET" in done.stdout
+
