@@ -412,8 +412,9 @@ class DaytonaProvider(Provider):
         except Exception as exc:
             if classify(exc) is Kind.NOT_FOUND:
                 return
-            raise self._as_sandbox_error(
-                f"delete sandbox {sandbox_id} (its labels let `hud-ray reap` find it)", exc
+            raise SandboxError(
+                f"{self._as_sandbox_error(f'delete sandbox {sandbox_id}', exc)} "
+                "(left running until its TTL; its labels let `hud-ray reap` find it)"
             ) from None
 
     async def _delete_quietly(self, client: Any, sandbox_id: str) -> None:

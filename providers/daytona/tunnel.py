@@ -55,9 +55,11 @@ def parse_ssh_command(command: str, token: str) -> SshTarget:
     user: str | None = None
     destination: str | None = None
     i = 0
+    # Like OpenSSH: options may also follow the destination; the first other word after
+    # it starts the remote command, which is not ours to parse.
     while i < len(argv):
         arg = argv[i]
-        if arg.startswith("-") and len(arg) >= 2 and destination is None:
+        if arg.startswith("-") and len(arg) >= 2:
             letter, rest = arg[1], arg[2:]
             if letter in _SSH_ARG_OPTIONS:
                 if not rest:
@@ -68,13 +70,15 @@ def parse_ssh_command(command: str, token: str) -> SshTarget:
                 elif letter == "l":
                     user = rest
                 elif letter == "o":
-                    key, _, value = rest.replace("=", " ", 1).partition(" ")
-                    if key.lower() == "port":
+                    name, _, value = rest.replace("=", " ", 1).partition(" ")
+                    if name.lower() == "port":
                         port = _port(value.strip())
-                    elif key.lower() == "user":
+                    elif name.lower() == "user":
                         user = value.strip()
         elif destination is None:
             destination = arg
+        else:
+            break
         i += 1
     if not destination:
         raise ValueError("ssh_command names no host")

@@ -99,7 +99,7 @@ class FakeDaytona:
         self.deleted: dict[str, FakeSandbox] = {}
         self.snapshots: dict[str, dict[str, Any]] = {}
         self.tokens: dict[str, tuple[str, float]] = {}  # token → (sandbox id, expires epoch)
-        self.requests: list[tuple[str, str, int, float]] = []  # method, path, status, monotonic
+        self.requests: list[list[Any]] = []  # [method, path, status (0 = pending), arrival]
         self.create_bodies: list[dict[str, Any]] = []
         self.snapshot_bodies: list[dict[str, Any]] = []
         self.faults: list[HttpFault] = []
@@ -146,8 +146,8 @@ class FakeDaytona:
     # --- faults and observations -----------------------------------------------------
     def fail(self, method: str, path: str, status: int, *, times: int = 1,
              headers: dict[str, str] | None = None, message: str | None = None) -> None:
-        """The next `times` requests matching `method` and the `path` regex (path without
-        the /api prefix) answer `status`."""
+        """The next `times` requests matching `method` and the `path` regex (the request
+        path, /api prefix included, as `requests` records it) answer `status`."""
         with self._lock:
             self.faults.append(HttpFault(method.upper(), re.compile(path), status, times,
                                          headers or {}, message or f"injected {status}"))
@@ -365,7 +365,7 @@ class FakeDaytona:
             return 401, "Invalid API key", {}
         with self._lock:
             for fault in self.faults:
-                if fault.times > 0 and fault.method == method and fault.path.search(path):
+                if fault.times > 0 and fault.method == method and fault.path.search(parts.path):
                     fault.times -= 1
                     return fault.status, fault.message, fault.headers
         data = json.loads(body) if body else {}
@@ -456,13 +456,15 @@ def _handler(fake: FakeDaytona) -> type[BaseHTTPRequestHandler]:
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
+            # Logged on arrival (a hanging create is visible while it hangs); status after.
+            entry = [self.command, urlsplit(self.path).path, 0, time.monotonic()]
+            with fake._lock:
+                fake.requests.append(entry)
             try:
                 status, payload, extra = fake.handle(self.command, self.path, self.headers, body)
             except Exception as exc:  # a fake bug must show up as a 500, not a hang
                 status, payload, extra = 500, f"fake daytona crashed: {exc!r}", {}
-            with fake._lock:
-                fake.requests.append(
-                    (self.command, urlsplit(self.path).path, status, time.monotonic()))
+            entry[2] = status
             if payload is None:
                 data = b""
             elif isinstance(payload, str):

@@ -44,6 +44,17 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def until(predicate, timeout_s: float = 10.0) -> None:
+    """Poll a condition with a deadline (never a bare sleep standing in for sync)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if predicate():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s}s")
+        await asyncio.sleep(0.02)
+
+
 def one_task_per_template() -> list[Rollout]:
     seen: dict[str, Rollout] = {}
     for task in load_tasks(REPO / "examples" / "demo" / "tasks.jsonl"):
@@ -272,8 +283,9 @@ def test_expired_ssh_token_is_refreshed_before_reconnecting(fake: FakeDaytona) -
             first = await provider.ready(handle, 20)
             (token, (_, expires)) = next(iter(fake.tokens.items()))
             assert fake.gateway.drop(handle.sandbox_id) == 1
-            while time.time() < expires:  # the token the tunnel was opened with runs out
-                await asyncio.sleep(0.05)
+            await until(lambda: fake.gateway.open_connections(handle.sandbox_id) == 0)
+            # Wall-clock wait for a known instant: the token the tunnel was opened with expires.
+            await asyncio.sleep(max(0.0, expires - time.time()) + 0.01)
             second = await provider.ready(handle, 20)  # a dead tunnel is rebuilt by ready()
             assert second.url != first.url
             return token
@@ -329,7 +341,7 @@ def test_options_fail_fast_and_never_show_the_key(monkeypatch: pytest.MonkeyPatc
     for option, value in bad.items():
         with pytest.raises(ProviderConfigError, match=option):
             DaytonaProvider(**{option: value})
-    with pytest.raises(ProviderConfigError, match="127.0.0.1"):
+    with pytest.raises(ProviderConfigError, match=r"bind 127\.0\.0\.1"):
         DaytonaProvider(command="serve --host 0.0.0.0 --port {port}")
 
 
