@@ -50,8 +50,11 @@ class LocalOptions(BaseModel):
 class _Proc:
     """Runtime state of one env process owned by this provider instance."""
 
-    def __init__(self, process: asyncio.subprocess.Process, keep_lines: int) -> None:
+    def __init__(
+        self, process: asyncio.subprocess.Process, keep_lines: int, handle: SandboxHandle
+    ) -> None:
         self.process = process
+        self.handle = handle
         self.lines: collections.deque[str] = collections.deque(maxlen=keep_lines)
         self.port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.pump = asyncio.create_task(self._read_output())
@@ -125,6 +128,13 @@ class LocalProvider(Provider):
 
     async def create(self, spec: SandboxSpec, labels: dict[str, str]) -> SandboxHandle:
         argv = self.argv(spec)
+        existing = self._procs.get(spec.name)
+        if existing is not None:
+            # Same deterministic name = a retried create: find the sandbox, never spawn a
+            # second process under one id (the first would be orphaned, ledger and all).
+            if existing.process.returncode is None and existing.handle.labels == labels:
+                return existing.handle
+            await self.destroy(existing.handle)
         handle = SandboxHandle(provider=self.name, sandbox_id=spec.name, name=spec.name, labels=labels)
         env = {**os.environ, **spec.env_vars, "PYTHONUNBUFFERED": "1"}
         self._write_ledger(handle)
@@ -156,7 +166,7 @@ class LocalProvider(Provider):
             raise
         handle.data.update(pid=process.pid, pgid=process.pid, started=_start_time(process.pid))
         self._write_ledger(handle)
-        self._procs[handle.sandbox_id] = _Proc(process, self.options.output_lines)
+        self._procs[handle.sandbox_id] = _Proc(process, self.options.output_lines, handle)
         return handle
 
     async def ready(self, handle: SandboxHandle, timeout_s: float) -> Endpoint:
