@@ -1,7 +1,7 @@
 """A stand-in for the `modal` module at the adapter's seam, behaving like Modal on loopback.
 
 Select it with `--provider-opt sdk=tests.fakes.modal_fake:sdk` (resolved by import path in
-each Ray worker; the repo root must be importable, as it is from a checkout's cwd).
+each Ray worker; the repo root must be importable, as it is in the editable dev install).
 
 What is real here:
 - errors are the REAL `modal.exception` classes, tunnels the REAL `modal.Tunnel`;
@@ -13,31 +13,20 @@ What is real here:
   own network namespace, the gate's `--port P` becomes port 0 on 127.0.0.1 and the port it
   prints (HUD_RAY_GATE_PORT=) is published as the tunnel for container port P.
 
-State is a directory of JSON files, so every process sees the same sandboxes (Ray workers,
-the driver, `hud-ray reap`): $HUD_RAY_MODAL_FAKE_DIR, else $HUD_RAY_STATE_DIR/modal_fake.
-    apps/<name>.json            {"app_id"}
-    images/<id>.json            a built image
-    sandboxes/<id>.json|.out|.err   record (no secret values), stdout, stderr
-    names/<app_id>__<name>      a running sandbox's name claim (O_EXCL: unique across processes)
-    faults.json                 injected errors, see set_faults()
-    calls.jsonl                 one line per SDK call: name, aio, positional count, keywords
+State lives in files (tests/fakes/modal_fake_state.py), so every process — Ray workers,
+the driver, `hud-ray reap` — sees the same apps, sandboxes and injected faults.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import inspect
 import json
 import os
 import re
-import secrets
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -46,13 +35,21 @@ from typing import Any
 import modal
 import modal.exception as exception
 import modal.io_streams
-import psutil
 
-REPO = Path(__file__).resolve().parents[2]
-GATE_PORT_LINE = "HUD_RAY_GATE_PORT="
+from tests.fakes import modal_fake_state as st
+from tests.fakes.modal_fake_state import (  # noqa: F401 - the fake's public test helpers
+    all_sandboxes,
+    calls,
+    kill_all,
+    live_sandboxes,
+    set_faults,
+    state_dir,
+)
+
+SDK = "tests.fakes.modal_fake:sdk"
+DEMO_COMMAND = "python -m hud_ray.envkit examples/demo/env.py --host 127.0.0.1 --port {port}"
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,63}$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_PROCS: dict[str, subprocess.Popen] = {}  # sandboxes this process started (reaps zombies)
 
 REAL = {
     "App.lookup": modal.App.lookup,
@@ -74,79 +71,6 @@ REAL = {
 }
 
 
-# --- state -----------------------------------------------------------------------------
-def state_dir() -> Path:
-    explicit = os.environ.get("HUD_RAY_MODAL_FAKE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("HUD_RAY_STATE_DIR") or os.path.join(tempfile.gettempdir(), "hud_ray")
-    return Path(base) / "modal_fake"
-
-
-def _path(*parts: str) -> Path:
-    path = state_dir().joinpath(*parts)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _write(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-
-
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-@contextlib.contextmanager
-def _locked():
-    with open(_path("faults.lock"), "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        yield
-
-
-def set_faults(**points: Any) -> None:
-    """Inject errors by call point: a list of modal.exception names is consumed one per call
-    (FIFO), a string is sticky. Points: lookup, build, create (before creating), create_lost
-    (after creating: the reply is "lost"), tunnels ("never" = tunnels never appear), list,
-    terminate."""
-    with _locked():
-        faults = _read(_path("faults.json")) or {}
-        faults.update(points)
-        _write(_path("faults.json"), faults)
-
-
-def _fault(point: str) -> str | None:
-    with _locked():
-        faults = _read(_path("faults.json")) or {}
-        value = faults.get(point)
-        if isinstance(value, list):
-            if not value:
-                return None
-            name = value.pop(0)
-            _write(_path("faults.json"), faults)
-            return name
-        return value
-
-
-def _raise_fault(point: str) -> None:
-    name = _fault(point)
-    if name and name != "never":
-        message = f"fake modal: injected {name} at {point}"
-        if name == "ImageBuildError":  # the one Modal error with a required extra argument
-            raise exception.ImageBuildError(message, image_id="im-failedbuild")
-        raise getattr(exception, name)(message)
-
-
-def calls() -> list[dict[str, Any]]:
-    path = _path("calls.jsonl")
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def _check(name: str, aio: bool, args: tuple, kwargs: dict[str, Any]) -> None:
     """Fail like a drifted SDK would: unknown keyword, missing .aio, wrong arity."""
     real = REAL[name]
@@ -156,7 +80,7 @@ def _check(name: str, aio: bool, args: tuple, kwargs: dict[str, Any]) -> None:
     first = next(iter(sig.parameters), "")
     sig.bind(*((None,) if first in ("self", "cls") else ()), *args, **kwargs)
     line = json.dumps({"call": name, "aio": aio, "nargs": len(args), "kwargs": sorted(kwargs)})
-    with open(_path("calls.jsonl"), "a") as fh:
+    with open(st.path("calls.jsonl"), "a") as fh:
         fh.write(line + "\n")
 
 
@@ -182,17 +106,17 @@ class _App:
 
 async def _lookup(name: str, *, client: Any = None, environment_name: str | None = None,
                   create_if_missing: bool = False) -> _App:
-    _raise_fault("lookup")
-    path = _path("apps", f"{name}.json")
+    st.raise_fault("lookup")
+    path = st.path("apps", f"{name}.json")
     if not path.exists():
         if not create_if_missing:
             raise exception.NotFoundError(f"App '{name}' not found")
         with contextlib.suppress(FileExistsError):  # two processes may race: one wins
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            os.write(fd, json.dumps({"app_id": "ap-" + secrets.token_hex(8)}).encode())
+            os.write(fd, json.dumps({"app_id": st.new_id("ap")}).encode())
             os.close(fd)
     for _ in range(100):  # the winner may not have written yet
-        data = _read(path)
+        data = st.read_json(path)
         if data:
             return _App(name, data["app_id"])
         await asyncio.sleep(0.01)
@@ -205,10 +129,10 @@ class _Image:
         self.build = _Fn("Image.build", self._build)
 
     async def _build(self, app: Any = None) -> _Image:
-        _raise_fault("build")
+        st.raise_fault("build")
         digest = hashlib.sha1(f"{self.kind}:{self.ref}".encode()).hexdigest()[:20]
         self.object_id = f"im-{digest}"
-        _write(_path("images", f"{self.object_id}.json"), {"kind": self.kind, "ref": self.ref})
+        st.write_json(st.path("images", f"{self.object_id}.json"), {"kind": self.kind, "ref": self.ref})
         return self
 
 
@@ -245,74 +169,6 @@ def _secret_ns() -> SimpleNamespace:
 
 
 # --- sandboxes ---------------------------------------------------------------------------
-def _record(sandbox_id: str) -> dict[str, Any] | None:
-    return _read(_path("sandboxes", f"{sandbox_id}.json"))
-
-
-def _finish(rec: dict[str, Any], code: int) -> None:
-    if rec.get("returncode") is None:
-        rec["returncode"] = code
-        _write(_path("sandboxes", f"{rec['sandbox_id']}.json"), rec)
-    claim = _path("names", f"{rec['app_id']}__{rec['name']}")
-    with contextlib.suppress(OSError):
-        if rec.get("name") and claim.read_text() == rec["sandbox_id"]:
-            claim.unlink()
-
-
-def _kill(rec: dict[str, Any]) -> None:
-    pid = rec.get("pid")
-    with contextlib.suppress(ProcessLookupError, PermissionError, TypeError):
-        if _same_process(rec):
-            os.killpg(pid, signal.SIGKILL)
-    proc = _PROCS.pop(rec["sandbox_id"], None)
-    if proc is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
-
-
-def _same_process(rec: dict[str, Any]) -> bool:
-    try:
-        proc = psutil.Process(rec["pid"])
-        return abs(proc.create_time() - rec["started"]) < 0.01 and (
-            proc.status() != psutil.STATUS_ZOMBIE)
-    except (psutil.Error, KeyError, TypeError):
-        return False
-
-
-def _alive(rec: dict[str, Any]) -> bool:
-    """Running? Also enforces `timeout` lazily, from any process (exit code 124 like Modal)."""
-    if rec.get("returncode") is not None:
-        return False
-    proc = _PROCS.get(rec["sandbox_id"])
-    if proc is not None and proc.poll() is not None:
-        _PROCS.pop(rec["sandbox_id"], None)
-        _finish(rec, proc.returncode)
-        return False
-    if proc is None and not _same_process(rec):
-        _finish(rec, rec.get("exit_hint", 0))
-        return False
-    if time.time() > rec["created_at"] + rec["timeout"]:
-        _kill(rec)
-        _finish(rec, 124)
-        return False
-    return True
-
-
-def _netns(argv: list[str]) -> tuple[list[str], int | None]:
-    """Our gate binds `--port P` on 0.0.0.0 inside a container; here it binds a free port on
-    127.0.0.1 instead (its own network namespace, emulated). Other argv runs verbatim."""
-    if len(argv) < 3 or argv[1] != "-c" or GATE_PORT_LINE not in argv[2]:
-        return argv, None
-    split = argv.index("--") if "--" in argv else len(argv)
-    head, tail = list(argv[:split]), argv[split:]
-    if "--port" not in head:
-        return argv, None
-    i = head.index("--port")
-    port = int(head[i + 1])
-    head[i + 1] = "0"
-    return [*head, "--host", "127.0.0.1", *tail], port
-
-
 def _validate(args: tuple, name: str | None, timeout: Any, workdir: str | None,
               env: dict[str, Any] | None, app: Any) -> None:
     if not isinstance(app, _App):
@@ -332,41 +188,22 @@ def _validate(args: tuple, name: str | None, timeout: Any, workdir: str | None,
             raise exception.InvalidError(f"Secret key name {key!r} is invalid")
 
 
-def _claim(app_id: str, name: str, sandbox_id: str) -> None:
-    path = _path("names", f"{app_id}__{name}")
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            holder = _record(path.read_text().strip() or "-")
-            if holder is not None and _alive(holder):
-                raise exception.AlreadyExistsError(
-                    f"Sandbox with name '{name}' already exists") from None
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            continue
-        os.write(fd, sandbox_id.encode())
-        os.close(fd)
-        return
-    raise exception.ConflictError(f"name {name!r} is contended")
-
-
 async def _create(*args: str, app: Any = None, name: str | None = None,
                   tags: dict[str, str] | None = None, image: Any = None,
                   env: dict[str, str | None] | None = None, secrets: Any = None,
                   timeout: int | None = 300, workdir: str | None = None,  # noqa: ASYNC109 - Modal's keyword
                   unencrypted_ports: Any = (), **other: Any) -> _Sandbox:
-    _raise_fault("create")
+    st.raise_fault("create")
     _validate(args, name, timeout, workdir, env, app)
-    if image is not None and image.kind == "id" and not _path("images", f"{image.object_id}.json").exists():
+    if image is not None and image.kind == "id" and not st.path("images", f"{image.object_id}.json").exists():
         raise exception.NotFoundError(f"Image {image.object_id} not found")
-    sandbox_id = "sb-" + secrets_token()
+    sandbox_id = st.new_id("sb")
     if name:
-        _claim(app.app_id, name, sandbox_id)
-    argv, gate_port = _netns(list(args))
+        st.claim(app.app_id, name, sandbox_id)
+    argv, gate_port = st.netns(list(args))
     run_env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8",
-               "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+               "PYTHONPATH": str(st.REPO), "PYTHONUNBUFFERED": "1"}
     for secret in secrets or []:
         run_env.update(secret.env)
     run_env.update({k: v for k, v in (env or {}).items() if v is not None})
@@ -377,42 +214,10 @@ async def _create(*args: str, app: Any = None, name: str | None = None,
         "workdir": workdir, "env_keys": sorted(run_env), "returncode": None,
         "options": {k: v for k, v in other.items() if isinstance(v, str | int | float | list)},
     }
-    if _spawn(rec, argv, run_env, workdir):
-        asyncio.get_running_loop().call_later(timeout, _expire, sandbox_id)
-    _raise_fault("create_lost")
+    if st.spawn(rec, argv, run_env, workdir):
+        asyncio.get_running_loop().call_later(timeout, st.expire, sandbox_id)
+    st.raise_fault("create_lost")
     return _Sandbox(sandbox_id)
-
-
-def _spawn(rec: dict[str, Any], argv: list[str], env: dict[str, str], workdir: str | None) -> bool:
-    """Start the sandbox's process group. Synchronous on purpose: a fork is quick, and the
-    process must outlive the caller's event loop (a Modal sandbox outlives its client)."""
-    sandbox_id = rec["sandbox_id"]
-    out, err = _path("sandboxes", f"{sandbox_id}.out"), _path("sandboxes", f"{sandbox_id}.err")
-    try:
-        with open(out, "wb") as fo, open(err, "wb") as fe:
-            proc = subprocess.Popen(argv, cwd=workdir or str(REPO), env=env,
-                                    stdin=subprocess.DEVNULL, stdout=fo, stderr=fe,
-                                    start_new_session=True)
-    except OSError as exc:  # like a container whose entrypoint is missing: it exits at once
-        err.write_text(f"exec {argv[0]!r}: {exc}\n")
-        rec.update(pid=None, started=None)
-        _write(_path("sandboxes", f"{sandbox_id}.json"), rec)
-        _finish(rec, 127)
-        return False
-    _PROCS[sandbox_id] = proc
-    rec.update(pid=proc.pid, started=psutil.Process(proc.pid).create_time())
-    _write(_path("sandboxes", f"{sandbox_id}.json"), rec)
-    return True
-
-
-def secrets_token() -> str:
-    return secrets.token_hex(8)
-
-
-def _expire(sandbox_id: str) -> None:
-    rec = _record(sandbox_id)
-    if rec is not None:
-        _alive(rec)
 
 
 class _Stream:
@@ -424,11 +229,11 @@ class _Stream:
         # Modal's read() returns at EOF, i.e. when the sandbox ends; state is cross-process,
         # so poll it.
         while True:
-            rec = _record(self.sandbox_id)
-            if rec is None or not _alive(rec):
+            rec = st.record(self.sandbox_id)
+            if rec is None or not st.alive(rec):
                 break
             await asyncio.sleep(0.05)
-        path = _path("sandboxes", f"{self.sandbox_id}.{self.suffix}")
+        path = st.path("sandboxes", f"{self.sandbox_id}.{self.suffix}")
         return path.read_text(errors="replace") if path.exists() else ""
 
 
@@ -443,7 +248,7 @@ class _Sandbox:
         self.stderr = _Stream(sandbox_id, "err")
 
     def _rec(self) -> dict[str, Any]:
-        rec = _record(self.object_id)
+        rec = st.record(self.object_id)
         if rec is None:
             raise exception.NotFoundError(f"Sandbox {self.object_id} not found")
         return rec
@@ -454,46 +259,38 @@ class _Sandbox:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             rec = self._rec()
-            if not _alive(rec):
+            if not st.alive(rec):
                 raise exception.SandboxTerminatedError(f"Sandbox {self.object_id} has finished")
-            port = None if _fault("tunnels") == "never" else _published_port(self.object_id)
+            port = None if st.fault("tunnels") == "never" else st.published_port(self.object_id)
             if port and rec["gate_port"] in rec["ports"]:
                 return {rec["gate_port"]: modal.Tunnel("127.0.0.1", port, "127.0.0.1", port)}
             await asyncio.sleep(0.02)
         raise exception.SandboxTimeoutError("Timed out waiting for tunnels")
 
     async def _terminate(self, *, wait: bool = False) -> int | None:
-        _raise_fault("terminate")
+        st.raise_fault("terminate")
         rec = self._rec()
-        if _alive(rec):
-            _kill(rec)
-            _finish(rec, 137)
+        if st.alive(rec):
+            st.kill(rec)
+            st.finish(rec, 137)
         return self._rec()["returncode"] if wait else None
 
     async def _poll(self) -> int | None:
         rec = self._rec()
-        return None if _alive(rec) else rec["returncode"]
+        return None if st.alive(rec) else rec["returncode"]
 
     async def _get_tags(self) -> dict[str, str]:
         return self._rec()["tags"]
 
 
-def _published_port(sandbox_id: str) -> int | None:
-    with contextlib.suppress(OSError):
-        for line in _path("sandboxes", f"{sandbox_id}.out").read_text().splitlines():
-            if line.startswith(GATE_PORT_LINE) and line[len(GATE_PORT_LINE):].isdigit():
-                return int(line[len(GATE_PORT_LINE):])
-    return None
-
-
 async def _from_name(app_name: str, name: str, *, environment_name: str | None = None,
                      include_terminated: bool = False, client: Any = None) -> _Sandbox:
-    app = _read(_path("apps", f"{app_name}.json"))
-    claim = _path("names", f"{app['app_id']}__{name}") if app else None
+    app = st.read_json(st.path("apps", f"{app_name}.json"))
+    claim = st.path("names", f"{app['app_id']}__{name}") if app else None
     with contextlib.suppress(OSError):
         if claim is not None:
-            rec = _record(claim.read_text().strip())
-            if rec is not None and _alive(rec):
+            rec = st.record(claim.read_text().strip())
+            if rec is not None and st.alive(rec):
                 return _Sandbox(rec["sandbox_id"])
     raise exception.NotFoundError(f"Sandbox with name '{name}' not found in app '{app_name}'")
 
@@ -506,39 +303,23 @@ async def _from_id(sandbox_id: str, client: Any = None) -> _Sandbox:
 
 async def _list(*, app_id: str | None = None, tags: dict[str, str] | None = None,
                 client: Any = None):
-    _raise_fault("list")
-    for rec in _records():
-        if (app_id is None or rec["app_id"] == app_id) and _alive(rec) and all(
+    st.raise_fault("list")
+    for rec in st.records():
+        if (app_id is None or rec["app_id"] == app_id) and st.alive(rec) and all(
                 rec["tags"].get(k) == v for k, v in (tags or {}).items()):
             yield _Sandbox(rec["sandbox_id"])
 
 
-def _records() -> list[dict[str, Any]]:
-    folder = state_dir() / "sandboxes"
-    found = [_read(p) for p in folder.glob("sb-*.json")] if folder.is_dir() else []
-    return [r for r in found if r]
-
-
 # --- test helpers ------------------------------------------------------------------------
+def provider_options(**overrides: Any) -> dict[str, Any]:
+    """`modal` provider options that select this fake and serve the demo env (fast back-off)."""
+    return {"sdk": SDK, "image": "python:3.11-slim", "command": DEMO_COMMAND,
+            "backoff_s": 0.01, "backoff_max_s": 0.05, **overrides}
+
+
 def demo_image() -> _Image:
     """An image *definition* (what `--provider-opt image=py:MOD:ATTR` points at)."""
     return sdk.Image.debian_slim("3.11")
-
-
-def live_sandboxes() -> list[dict[str, Any]]:
-    """Records of running sandboxes, seen from any process."""
-    return [r for r in _records() if _alive(r)]
-
-
-def all_sandboxes() -> list[dict[str, Any]]:
-    return _records()
-
-
-def kill_all() -> None:
-    """Safety net for test teardown: kill every sandbox still running."""
-    for rec in live_sandboxes():
-        _kill(rec)
-        _finish(rec, 137)
 
 
 sdk = SimpleNamespace(

@@ -23,8 +23,8 @@ from providers.modal import sdk as sdk_policy
 from tests.fakes import modal_fake
 from tests.fakes.procs import REPO
 
-FAKE = "tests.fakes.modal_fake:sdk"
-DEMO_CMD = "python -m hud_ray.envkit examples/demo/env.py --host 127.0.0.1 --port {port}"
+FAKE = modal_fake.SDK
+DEMO_CMD = modal_fake.DEMO_COMMAND
 ADAPTER_SOURCE = "\n".join(p.read_text() for p in (REPO / "providers" / "modal").glob("*.py"))
 
 
