@@ -1,0 +1,115 @@
+"""notebooks/quickstart.ipynb, executed top to bottom by a real Jupyter kernel.
+
+The kernel is this venv's python (a kernelspec written for the test, so a user-level
+`python3` kernelspec cannot substitute another interpreter). The notebook starts its own
+local Ray through `run_distributed`; every process it starts carries a marker in its
+environment, so the test can check that Ray and the env servers are gone afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+nbformat = pytest.importorskip("nbformat", reason="needs the [notebook] extra")
+nbclient = pytest.importorskip("nbclient", reason="needs the [notebook] extra")
+pytest.importorskip("ipykernel", reason="needs the [notebook] extra")
+
+REPO = Path(__file__).resolve().parents[2]
+NOTEBOOK = REPO / "notebooks" / "quickstart.ipynb"
+KERNEL = "hud-ray-test-venv"
+MARKER = "HUD_RAY_NOTEBOOK_TEST"
+
+
+def test_committed_notebook_is_stripped() -> None:
+    nb = json.loads(NOTEBOOK.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert code, "the notebook has no code cells"
+    dirty = [i for i, c in enumerate(code) if c["outputs"] or c["execution_count"] is not None]
+    assert not dirty, f"code cells {dirty} carry outputs: commit the notebook stripped"
+
+
+def _write_kernelspec(root: Path, env: dict[str, str]) -> None:
+    spec_dir = root / "kernels" / KERNEL
+    spec_dir.mkdir(parents=True)
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "hud_ray test venv",
+        "language": "python",
+        "env": env,
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+
+
+def _marked_processes(marker: str) -> list[psutil.Process]:
+    alive = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(MARKER) == marker:
+                alive.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return alive
+
+
+def _text(cell: dict) -> str:
+    return "".join(o.get("text", "") for o in cell["outputs"] if o["output_type"] == "stream"
+                   and o.get("name") == "stdout")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_quickstart_executes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = uuid.uuid4().hex
+    _write_kernelspec(tmp_path / "jupyter", {
+        MARKER: marker,
+        "RAY_AUTH_MODE": "disabled",
+        # A Ray of its own: never join a cluster that happens to run on this machine.
+        "RAY_ADDRESS": "local",
+        "HUD_RAY_STATE_DIR": os.environ["HUD_RAY_STATE_DIR"],
+        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+    })
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    work = tmp_path / "work"  # the kernel's cwd: the notebook writes runs/ here
+    work.mkdir()
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    client = nbclient.NotebookClient(
+        nb, kernel_name=KERNEL, timeout=300, startup_timeout=120,
+        resources={"metadata": {"path": str(work)}},
+    )
+    t0 = time.monotonic()
+    client.execute()  # raises CellExecutionError (with the traceback) on the first error
+    elapsed = time.monotonic() - t0
+    print(f"notebook executed in {elapsed:.1f}s")
+
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    errors = [(i, o) for i, c in enumerate(code) for o in c.outputs if o.output_type == "error"]
+    assert not errors, f"error outputs: {errors}"
+    assert all(c.execution_count is not None for c in code), "a code cell did not run"
+
+    plot_cells = [c for c in code if "plt.show()" in c.source]
+    assert len(plot_cells) >= 5, "the notebook lost its plots"
+    for cell in plot_cells:
+        images = [o for o in cell.outputs if "image/png" in o.get("data", {})]
+        assert images, f"plot cell produced no image/png:\n{cell.source[:200]}"
+
+    outputs = "\n".join(_text(c) for c in code)
+    assert "120 rollouts -> " in outputs  # 60 rows x 2 repeats, all rows back
+    assert "attach mid-run: state='running'" in outputs
+    assert "state='finished' rows=36" in outputs
+    runs = list((work / "runs" / "quickstart").iterdir())
+    assert sum((r / "manifest.json").is_file() for r in runs) == 3, runs
+
+    # ray.shutdown() in the last cell + kernel shutdown: nothing the notebook started lives on.
+    deadline = time.monotonic() + 30
+    while (alive := _marked_processes(marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive, f"left running after the notebook: {[p.name() for p in alive]}"
