@@ -230,8 +230,11 @@ class ModalProvider(Provider):
                                     f"its env answered hello{await self._tail(handle)}")
             await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(1.0, pause * 2)
+        hint = ("; the gate learns the env's port from its HUD_SERVE_PORT= line — if the "
+                "command prints none, set --provider-opt inner_port=PORT"
+                if not self.options.inner_port else "")
         raise NotReadyError(f"sandbox {handle.sandbox_id}: env did not answer hello through the "
-                            f"gate at {host}:{port} within {budget:.1f}s (last: {last})")
+                            f"gate at {host}:{port} within {budget:.1f}s (last: {last}){hint}")
 
     async def destroy(self, handle: SandboxHandle) -> None:
         await shielded(self._destroy(handle))

@@ -145,6 +145,24 @@ def test_sandbox_that_exits_early_fails_ready_with_its_output():
     assert "exited with code" in message and "boom from env" in message
 
 
+def test_env_that_never_announces_its_port_names_inner_port():
+    """With inner_port=0 the gate waits for HUD_SERVE_PORT=; a server that never prints it
+    times out with a message naming the option that fixes it."""
+    p = provider(command="python -c \"import time; time.sleep(60)\"")
+
+    async def main():
+        handle = await p.create(SandboxSpec(name="hudray-silent", startup_timeout_s=1.5), {})
+        try:
+            with pytest.raises(NotReadyError, match="inner_port") as info:
+                await p.ready(handle, 30)
+            return str(info.value)
+        finally:
+            await p.destroy(handle)
+
+    assert "hello" in run(main())
+    assert modal_fake.live_sandboxes() == []
+
+
 def test_ready_in_a_process_without_the_secret_says_so():
     async def main():
         handle = await provider().create(SandboxSpec(name="hudray-nosecret"), {})
