@@ -58,6 +58,26 @@ def test_resource_exhausted_then_success():
     assert len(modal_fake.all_sandboxes()) == 1 and modal_fake.live_sandboxes() == []
 
 
+@pytest.mark.parametrize("error", ["ServiceError", "InternalError", "ConnectionError",
+                                   "SandboxTimeoutError"])
+def test_transient_errors_are_retried_everywhere(error):
+    """One transient error at each call point (lookup, build, create, list, terminate)."""
+    modal_fake.set_faults(lookup=[error], build=[error], create=[error], list=[error],
+                          terminate=[error])
+    p = provider()
+
+    async def main():
+        handle = await p.create(SandboxSpec(name="hudray-transient"), {"k": "v"})
+        assert [h.sandbox_id for h in await p.list({"k": "v"})] == [handle.sandbox_id]
+        await p.destroy(handle)
+
+    run(main())
+    assert modal_fake.live_sandboxes() == []
+    for call in ("App.lookup", "Image.build", "Sandbox.create", "Sandbox.list",
+                 "Sandbox.terminate"):
+        assert len(calls(call)) == 2, call
+
+
 def test_resource_exhausted_past_the_budget_is_a_quota_error():
     modal_fake.set_faults(create="ResourceExhaustedError")  # sticky
     row = one_rollout(provider(retries=2))
