@@ -114,7 +114,7 @@ class FakeDaytona:
         self._ids = itertools.count(1)
         self._http = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
         self._http.daemon_threads = True
-        self._thread = threading.Thread(target=self._http.serve_forever, name="fake-daytona",
+        self._thread = threading.Thread(target=self._http.serve_forever, args=(0.05,), name="fake-daytona",
                                         daemon=True)
 
     # --- lifecycle -------------------------------------------------------------------
