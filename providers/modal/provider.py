@@ -97,7 +97,8 @@ class ModalProvider(Provider):
             image = load_sdk(value)  # same import-path rules as the sdk option
             image = image() if callable(image) else image
         else:
-            secret = sdk.Secret.from_name(o.image_secret) if o.image_secret else None
+            secret = (sdk.Secret.from_name(o.image_secret, environment_name=o.environment)
+                      if o.image_secret else None)
             image = sdk.Image.from_registry(value, secret=secret)
         app = await self.app()
         await self.policy.call(
