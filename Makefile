@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean hud-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,19 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# hud itself lives in its own venv, never in .venv: the interop tests run hud's real env
+# server and client from it (tests/test_hud_interop.py; HUD_PYTHON overrides the path).
+HUD_VENV  := .venv-hud
+HUD_STAMP := $(HUD_VENV)/.installed
+
+$(HUD_STAMP):
+	$(PYTHON) -m venv $(HUD_VENV)
+	$(HUD_VENV)/bin/pip install --quiet --upgrade pip
+	$(HUD_VENV)/bin/pip install --quiet "hud==0.6.21" "typer<0.29"
+	touch $(HUD_STAMP)
+
+hud-venv: $(HUD_STAMP)
 
 demo: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/hud-ray demo
