@@ -95,6 +95,7 @@ def plan_run(
     retry_backoff_s: float = 1.0,
     teardown_timeout_s: float = 60.0,
     deadline_grace_s: float = 15.0,
+    governor: dict[str, Any] | bool | None = True,
     **provider_options: Any,
 ) -> RunPlan:
     from hud_ray.scheduler import Scheduler, SchedulerConfig
@@ -128,6 +129,7 @@ def plan_run(
         rollout={"deadline_s": timeout_s, "ready_timeout_s": min(ready_timeout_s, timeout_s),
                  "teardown_timeout_s": teardown_timeout_s},
         env_vars={k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
+        governor=_governor_policy(governor),
     )
     ensure_ray()
     rollouts = expand(tasks_from(tasks), repeats=repeats, variant=variant)
@@ -186,6 +188,15 @@ def _default_provider_options(provider: str, tasks: Any, options: dict[str, Any]
         if candidate.is_file():
             return {**options, "env_file": str(candidate)}
     return options
+
+
+def _governor_policy(governor: dict[str, Any] | bool | None) -> dict[str, Any] | None:
+    """True → the provider's defaults; a dict → overrides; False/None → no governor."""
+    if governor is True:
+        return {}
+    if not governor:
+        return None
+    return dict(governor)
 
 
 SECRET_WORDS = ("key", "token", "secret", "password")

@@ -63,6 +63,14 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-failures", default=None, metavar="N|P%",
                    help="stop the run after N failed rollouts (or more than P%%)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--create-rate", type=float, default=None,
+                   help="governor: sandbox creates per second for this account")
+    p.add_argument("--live-cap", type=int, default=None,
+                   help="governor: most live sandboxes at once for this account")
+    p.add_argument("--governor-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="other governor policy settings (e.g. run_lease_s=30)")
+    p.add_argument("--no-governor", action="store_true",
+                   help="no cluster-wide governor, ledger or reaper (benchmarks only)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +105,17 @@ def _failure_budget(text: str | None) -> dict[str, Any]:
     return {"max_failures": int(text)}
 
 
+def governor_policy(args: argparse.Namespace) -> dict[str, Any] | bool:
+    if args.no_governor:
+        return False
+    policy: dict[str, Any] = {k: float(v) for k, v in parse_options(args.governor_opt).items()}
+    if args.create_rate is not None:
+        policy["create_rate"] = args.create_rate
+    if args.live_cap is not None:
+        policy["live_cap"] = args.live_cap
+    return policy or True
+
+
 def cmd_run(args: argparse.Namespace, tasks: str, agent: str) -> int:
     from hud_ray.api import plan_run
     from hud_ray.report import report_run
@@ -105,7 +124,8 @@ def cmd_run(args: argparse.Namespace, tasks: str, agent: str) -> int:
         tasks, agent, args.provider, concurrency=args.concurrency, repeats=args.repeats,
         out=args.out, run_id=args.run_id, resume=args.resume, workers=args.workers,
         timeout_s=args.timeout, max_attempts=args.max_attempts,
-        progress=not args.no_progress, **_failure_budget(args.max_failures),
+        progress=not args.no_progress, governor=governor_policy(args),
+        **_failure_budget(args.max_failures),
         **parse_options(args.provider_opt),
     )
     print(f"run directory: {plan.run_dir}", file=sys.stderr, flush=True)

@@ -62,6 +62,9 @@ class SchedulerConfig(BaseModel):
     max_failure_fraction: float | None = None
     rollout: dict[str, Any] = Field(default_factory=dict)
     env_vars: dict[str, str] = Field(default_factory=dict)
+    governor: dict[str, Any] | None = Field(
+        default_factory=dict, description="governor policy overrides; None = no governor")
+    heartbeat_s: float = 5.0
 
     def worker_count(self) -> int:
         if self.workers:
@@ -85,6 +88,7 @@ class _Worker:
     index: int
     actor: Any
     slots: int
+    worker_id: str
     inflight: dict[str, _Flight] = field(default_factory=dict)
     step_ref: Any = None
 
@@ -116,13 +120,21 @@ class Scheduler:
         self._abort: str | None = None
         self._stop = threading.Event()
         self._reapers: list[threading.Thread] = []
+        self.governor: Any = None
+        self._last_heartbeat = 0.0
 
     # --- public --------------------------------------------------------------------------
     def run(self) -> Iterator[pa.RecordBatch]:
         """Drive the run; yield each Parquet batch as it is written."""
+        if self.config.governor is not None:
+            from hud_ray.governor import get_governor
+
+            self.governor = get_governor(self.provider, self.config.provider_options,
+                                         self.config.governor, self.config.env_vars)
         self._spawn_workers()
         try:
             while not self._stop.is_set():
+                self._heartbeat()
                 self._dispatch()
                 if self._idle():
                     break
@@ -159,8 +171,9 @@ class Scheduler:
         ).remote(
             worker_id, self.config.provider, self.config.provider_options, self.config.agent,
             {**self.config.rollout, "run_id": self.config.run_id}, slots, self.config.env_vars,
+            self.config.governor,
         )
-        return _Worker(index=index, actor=actor, slots=slots)
+        return _Worker(index=index, actor=actor, slots=slots, worker_id=worker_id)
 
     def _replace(self, worker: _Worker, error: Exception | str,
                  overdue: set[str] | None = None) -> None:
@@ -171,6 +184,8 @@ class Scheduler:
         lost = list(worker.inflight.values())
         worker.inflight.clear()
         self._reap(lost)
+        if self.governor is not None:
+            self.governor.worker_gone.remote(worker.worker_id)
         for flight in lost:
             if overdue and flight.rollout.rollout_key in overdue:
                 row = _failure_row(flight, self.config, Status.TIMEOUT, reason)
@@ -337,6 +352,15 @@ class Scheduler:
             self._abort = (f"error budget exceeded: {self._failures}/{self._finished} failed "
                            f"(> {cfg.max_failure_fraction:.0%})")
 
+    def _heartbeat(self) -> None:
+        """Tell the governor this run is alive; without it the reaper takes its sandboxes."""
+        now = time.monotonic()
+        lease = float((self.config.governor or {}).get("run_lease_s", 30.0))
+        every = min(self.config.heartbeat_s, lease / 3)  # a few beats per lease, always
+        if self.governor is not None and now - self._last_heartbeat >= every:
+            self._last_heartbeat = now
+            self.governor.heartbeat.remote(self.config.run_id)
+
     # --- teardown ----------------------------------------------------------------------
     def _teardown(self, interrupted: bool) -> None:
         refs = [w.actor.shutdown.remote() for w in self.workers]
@@ -356,6 +380,11 @@ class Scheduler:
             ray.kill(worker.actor, no_restart=True)
         for thread in self._reapers:
             thread.join(timeout=60)
+        if self.governor is not None:
+            try:
+                ray.get(self.governor.run_finished.remote(self.config.run_id), timeout=60)
+            except Exception as exc:
+                log.warning("governor run_finished: %s", exc)
 
 
 def _failure_row(flight: _Flight, config: SchedulerConfig, status: Status,

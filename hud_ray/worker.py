@@ -39,14 +39,21 @@ class RolloutWorkerImpl:
         rollout_config: dict[str, Any],
         slots: int,
         env_vars: dict[str, str] | None = None,
+        governor_policy: dict[str, Any] | None = None,
     ) -> None:
         os.environ.update(env_vars or {})
         self.worker_id = worker_id
         self.slots = slots
+        self.node_id = _node_id()
         self.provider = get_provider(provider, **provider_options)
+        if governor_policy is not None:
+            from hud_ray.governor import GovernedProvider, GovernorClient, get_governor
+
+            governor = get_governor(self.provider, provider_options, governor_policy, env_vars)
+            self.provider = GovernedProvider(
+                self.provider, GovernorClient(governor, worker_id), worker_id, self.node_id)
         self.agent = resolve_agent(agent)
         self.base_config = RolloutConfig(**rollout_config, worker_id=worker_id)
-        self.node_id = _node_id()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._runners: dict[str, RolloutRunner] = {}
         self._done: list[dict[str, Any]] = []

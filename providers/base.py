@@ -147,6 +147,11 @@ class Provider(ABC):
                         f"provider {self.name!r} cannot honour runtime_config.resources.{field}"
                     )
 
+    def account(self) -> str:
+        """Which quota this provider draws on (one governor per provider account).
+        Override to derive it from credentials, e.g. a hash of the API key's id."""
+        return str(getattr(self.options, "account", None) or "default")
+
     # --- lifecycle -----------------------------------------------------------------
     @abstractmethod
     async def create(self, spec: SandboxSpec, labels: dict[str, str]) -> SandboxHandle:

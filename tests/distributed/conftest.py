@@ -40,8 +40,9 @@ def wait_for(predicate: Callable[[], object], timeout_s: float, what: str) -> ob
 
 def cli(*args: str, env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
     """Start `hud-ray ...` as a separate driver process (its own Ray)."""
-    full_env = {**os.environ, **(env or {}), "RAY_AUTH_MODE": "disabled"}
-    full_env.pop("RAY_ADDRESS", None)
+    full_env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    full_env.pop("RAY_ADDRESS", None)  # a driver of its own, unless env says otherwise
+    full_env.update(env or {})
     return subprocess.Popen(
         [sys.executable, "-m", "hud_ray.cli", *args], env=full_env, cwd=kw.pop("cwd", REPO),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kw,

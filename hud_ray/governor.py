@@ -1,0 +1,360 @@
+"""Cluster-wide quota governor, sandbox ledger and reaper: one named, detached Ray actor
+per provider account, shared by every driver, job and notebook on the cluster.
+
+- **Token bucket** on creates per second and a **hard cap on live sandboxes** (a sandbox
+  counts from the moment its create is granted until its destroy is confirmed — Daytona
+  and e2b users get burned by "deleting" sandboxes that still count).
+- **AIMD**: a quota error halves the create rate; quiet time adds it back linearly.
+- **Ledger**: a create is granted only once its entry (run, rollout key, deterministic
+  sandbox name, labels, deadline, worker, node) is recorded — i.e. *before* the provider
+  is called. A reaper destroys what a dead worker, a dead driver (no heartbeat) or a
+  passed deadline left behind, using the handle or the provider's labels.
+
+Workers talk to it through `GovernorClient`, which batches grants and ledger updates into
+few calls, and `GovernedProvider`, a provider wrapper the rollout code cannot tell apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from pydantic import BaseModel
+
+from providers import Provider, QuotaError, SandboxHandle, SandboxSpec, get_provider
+
+log = logging.getLogger("hud_ray.governor")
+NAMESPACE = "hud_ray"
+
+
+class GovernorPolicy(BaseModel):
+    create_rate: float = 10.0
+    live_cap: int = 256
+    min_rate: float = 0.2
+    increase_per_s: float = 0.5
+    decrease_factor: float = 0.5
+    quota_cooldown_s: float = 5.0
+    run_lease_s: float = 30.0
+    reap_interval_s: float = 2.0
+    deadline_grace_s: float = 30.0
+
+
+@dataclass
+class LedgerEntry:
+    name: str
+    run_id: str
+    rollout_key: str
+    labels: dict[str, str]
+    deadline: float
+    worker_id: str
+    node_id: str | None = None
+    handle: dict[str, Any] | None = None
+    created_at: float = field(default_factory=time.time)
+
+
+class GovernorImpl:
+    def __init__(self, provider: str, provider_options: dict[str, Any],
+                 policy: dict[str, Any], env_vars: dict[str, str] | None = None) -> None:
+        import os
+
+        os.environ.update(env_vars or {})  # e.g. the state dir its provider reaps in
+        self.provider_name = provider
+        self.provider_options = provider_options
+        self.policy = GovernorPolicy(**policy)
+        self.rate = self.policy.create_rate
+        self.tokens = 1.0
+        self._refilled = time.monotonic()
+        self._last_quota = 0.0
+        self.ledger: dict[str, LedgerEntry] = {}
+        self.run_seen: dict[str, float] = {}
+        self.finished_runs: set[str] = set()
+        self.gone_workers: set[str] = set()
+        self.counters = {"granted": 0, "throttled": 0, "quota_errors": 0, "reaped": 0}
+        self._changed = asyncio.Event()
+        self._reaper: asyncio.Task[None] | None = None
+        self._provider: Provider | None = None
+
+    # --- quota -------------------------------------------------------------------------
+    def _refill(self) -> None:
+        now = time.monotonic()
+        dt, self._refilled = now - self._refilled, now
+        if now - self._last_quota > self.policy.quota_cooldown_s:
+            self.rate = min(self.policy.create_rate, self.rate + self.policy.increase_per_s * dt)
+        # A bucket of 0.1 s worth of tokens: bursts stay small, so creates in any 1 s
+        # window stay within ~1.1x the rate.
+        self.tokens = min(max(1.0, self.rate / 10), self.tokens + self.rate * dt)
+
+    async def acquire(self, worker_id: str, entries: list[dict[str, Any]],
+                      timeout_s: float = 1.0) -> int:
+        """Grant up to len(entries) creates; record the granted entries in the ledger."""
+        self._ensure_reaper()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._refill()
+            room = self.policy.live_cap - len(self.ledger)
+            grant = min(len(entries), int(self.tokens), room)
+            if grant >= 1:
+                self.tokens -= grant
+                for raw in entries[:grant]:
+                    entry = LedgerEntry(**raw)
+                    self.ledger[entry.name] = entry
+                    self.run_seen.setdefault(entry.run_id, time.monotonic())
+                self.counters["granted"] += grant
+                return grant
+            self.counters["throttled"] += 1
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return 0
+            wait = 1.0 / self.rate if room > 0 else remaining
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(wait, remaining))
+
+    async def update(self, created: list[tuple[str, dict[str, Any]]],
+                     destroyed: list[str], quota_errors: int = 0) -> None:
+        for name, handle in created:
+            if name in self.ledger:
+                self.ledger[name].handle = handle
+        for name in destroyed:
+            self.ledger.pop(name, None)
+        if quota_errors:
+            self.counters["quota_errors"] += quota_errors
+            self._last_quota = time.monotonic()
+            self.rate = max(self.policy.min_rate, self.rate * self.policy.decrease_factor)
+            self.tokens = min(self.tokens, 1.0)
+        if destroyed:
+            self._changed.set()
+
+    # --- runs and workers ------------------------------------------------------------
+    async def heartbeat(self, run_id: str) -> None:
+        self._ensure_reaper()
+        self.run_seen[run_id] = time.monotonic()
+
+    async def run_finished(self, run_id: str) -> None:
+        self.finished_runs.add(run_id)
+        await self.reap_once()
+
+    async def worker_gone(self, worker_id: str) -> None:
+        self.gone_workers.add(worker_id)
+        await self.reap_once()
+
+    async def stats(self) -> dict[str, Any]:
+        self._refill()
+        return {"live": len(self.ledger), "rate": self.rate, "tokens": self.tokens,
+                **self.counters, "policy": self.policy.model_dump()}
+
+    async def entries(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        return [vars(e) for e in self.ledger.values() if run_id in (None, e.run_id)]
+
+    # --- reaper ------------------------------------------------------------------------
+    def _ensure_reaper(self) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.policy.reap_interval_s)
+            try:
+                await self.reap_once()
+            except Exception as exc:  # keep reaping; log the failure
+                log.warning("reaper pass failed: %s", exc)
+
+    def _orphans(self) -> list[LedgerEntry]:
+        now_mono, now = time.monotonic(), time.time()
+        lease = self.policy.run_lease_s
+        out = []
+        for entry in self.ledger.values():
+            run_dead = (entry.run_id in self.finished_runs
+                        or now_mono - self.run_seen.get(entry.run_id, now_mono) > lease)
+            if (run_dead or entry.worker_id in self.gone_workers
+                    or now > entry.deadline + self.policy.deadline_grace_s):
+                out.append(entry)
+        return out
+
+    async def reap_once(self) -> int:
+        orphans = self._orphans()
+        if not orphans:
+            return 0
+        provider = self._get_provider()
+        done = 0
+        for entry in orphans:
+            try:
+                if entry.handle is not None:
+                    await provider.destroy(SandboxHandle.model_validate(entry.handle))
+                else:  # granted, but the create's answer never reached us: find it by label
+                    await provider.reap({"hud-ray-rollout": entry.rollout_key,
+                                         "hud-ray-run": entry.run_id})
+            except Exception as exc:
+                log.warning("reaping %s failed (will retry): %s", entry.name, exc)
+                continue
+            self.ledger.pop(entry.name, None)
+            done += 1
+        self.counters["reaped"] += done
+        self._changed.set()
+        # Reaping is rare: release the provider's clients (and flush its books) each time.
+        self._provider = None
+        with contextlib.suppress(Exception):
+            await provider.close()
+        return done
+
+    def _get_provider(self) -> Provider:
+        if self._provider is None:
+            self._provider = get_provider(self.provider_name, **self.provider_options)
+        return self._provider
+
+
+Governor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)(GovernorImpl)
+
+
+def governor_name(provider: str, account: str) -> str:
+    return f"hud-ray-governor:{provider}:{account}"
+
+
+def get_governor(provider: Provider, provider_options: dict[str, Any],
+                 policy: dict[str, Any] | None = None,
+                 env_vars: dict[str, str] | None = None) -> Any:
+    """The account's governor, created on first use (race-free via get_if_exists)."""
+    defaults = {"create_rate": provider.default_create_rate,
+                "live_cap": provider.default_live_cap}
+    return Governor.options(
+        name=governor_name(provider.name, provider.account()), namespace=NAMESPACE,
+        lifetime="detached", get_if_exists=True,
+    ).remote(provider.name, provider_options, {**defaults, **(policy or {})}, env_vars)
+
+
+class GovernorClient:
+    """Worker side: batches grant requests and ledger updates into few actor calls."""
+
+    def __init__(self, governor: Any, worker_id: str, flush_s: float = 0.05) -> None:
+        self.governor = governor
+        self.worker_id = worker_id
+        self.flush_s = flush_s
+        self._waiting: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._created: list[tuple[str, dict[str, Any]]] = []
+        self._destroyed: list[str] = []
+        self._quota_errors = 0
+        self._wake = asyncio.Event()
+        self._pump: asyncio.Task[None] | None = None
+
+    async def acquire(self, entry: dict[str, Any]) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((entry, future))
+        self._kick()
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.destroyed(entry["name"])  # granted after all: give the slot back
+            raise
+
+    def created(self, name: str, handle: SandboxHandle) -> None:
+        self._created.append((name, handle.model_dump(mode="json")))
+        self._kick()
+
+    def destroyed(self, name: str) -> None:
+        self._destroyed.append(name)
+        self._kick()
+
+    def quota_error(self) -> None:
+        self._quota_errors += 1
+        self._kick()
+
+    def _kick(self) -> None:
+        self._wake.set()
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while self._waiting or self._created or self._destroyed or self._quota_errors:
+            await asyncio.sleep(self.flush_s)  # gather a batch: one call serves many
+            try:
+                await self._exchange()
+            except ray.exceptions.RayError as exc:  # governor restarting: keep the queue
+                log.warning("governor unreachable (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+
+    async def _exchange(self) -> None:
+        created, self._created = self._created, []
+        destroyed, self._destroyed = self._destroyed, []
+        quota, self._quota_errors = self._quota_errors, 0
+        if created or destroyed or quota:
+            try:
+                await self.governor.update.remote(created, destroyed, quota)
+            except BaseException:
+                self._created[:0], self._destroyed[:0] = created, destroyed
+                self._quota_errors += quota
+                raise
+        waiting = [(e, f) for e, f in self._waiting if not f.done()]
+        if not waiting:
+            return
+        granted = await self.governor.acquire.remote(
+            self.worker_id, [e for e, _ in waiting], 1.0)
+        for entry, future in waiting[:granted]:
+            if future.done():  # cancelled while we asked: hand the grant straight back
+                self.destroyed(entry["name"])
+            else:
+                future.set_result(None)
+        served = {id(f) for _, f in waiting[:granted]}
+        self._waiting = [(e, f) for e, f in self._waiting if id(f) not in served]
+
+
+class GovernedProvider(Provider):
+    """Wraps a provider: ask the governor before every create, tell it after destroy."""
+
+    def __init__(self, inner: Provider, client: GovernorClient, worker_id: str,
+                 node_id: str | None = None) -> None:  # no super().__init__: options are inner's
+        self.inner = inner
+        self.client = client
+        self.worker_id = worker_id
+        self.node_id = node_id
+        self.name = inner.name  # type: ignore[misc]
+        self.capabilities = inner.capabilities  # type: ignore[misc]
+        self.options = inner.options
+
+    def check_config(self) -> None:
+        self.inner.check_config()
+
+    def check_spec(self, spec: SandboxSpec) -> None:
+        self.inner.check_spec(spec)
+
+    async def create(self, spec: SandboxSpec, labels: dict[str, str]) -> SandboxHandle:
+        entry = {"name": spec.name, "run_id": labels.get("hud-ray-run", ""),
+                 "rollout_key": labels.get("hud-ray-rollout", ""), "labels": labels,
+                 "deadline": time.time() + spec.lifetime_s, "worker_id": self.worker_id,
+                 "node_id": self.node_id}
+        await self.client.acquire(entry)
+        try:
+            handle = await self.inner.create(spec, labels)
+        except QuotaError:
+            self.client.quota_error()
+            self.client.destroyed(spec.name)
+            raise
+        except BaseException:
+            self.client.destroyed(spec.name)
+            raise
+        self.client.created(spec.name, handle)
+        return handle
+
+    async def ready(self, handle: SandboxHandle, timeout_s: float) -> Any:
+        return await self.inner.ready(handle, timeout_s)
+
+    async def destroy(self, handle: SandboxHandle) -> None:
+        await self.inner.destroy(handle)
+        self.client.destroyed(handle.name)
+
+    async def list(self, labels: dict[str, str]) -> list[SandboxHandle]:
+        return await self.inner.list(labels)
+
+    async def diagnostics(self, handle: SandboxHandle) -> str:
+        return await self.inner.diagnostics(handle)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def __getattr__(self, name: str) -> Any:  # alive_pids() and other extras
+        return getattr(self.inner, name)
