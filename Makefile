@@ -31,11 +31,11 @@ demo: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/hud-ray demo
 
 test: $(STAMP)
-	$(BIN)/ruff check hud_ray providers tests examples bench
+	$(BIN)/ruff check .
 	RAY_AUTH_MODE=disabled $(BIN)/pytest -q -ra $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check hud_ray providers tests examples bench
+	$(BIN)/ruff check .
 
 bench: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/python -m bench
