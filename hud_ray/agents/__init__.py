@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import sys
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,9 +116,29 @@ def _import_module(spec: str, module_part: str) -> Any:
         assert loader_spec is not None and loader_spec.loader is not None
         module = importlib.util.module_from_spec(loader_spec)
         sys.modules[name] = module
-        loader_spec.loader.exec_module(module)
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as exc:
+            # Never leave a half-imported module cached: the next resolve would report a
+            # missing attribute instead of this error.
+            del sys.modules[name]
+            raise AgentSpecError(f"agent spec {spec!r}: {_where(exc, path)}") from exc
         return module
     try:
         return importlib.import_module(module_part)
     except ImportError as exc:
         raise AgentSpecError(f"agent spec {spec!r}: cannot import {module_part}: {exc}") from None
+    except Exception as exc:
+        raise AgentSpecError(
+            f"agent spec {spec!r}: importing {module_part} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _where(exc: Exception, path: Path) -> str:
+    """`file:line: Type: message` for an exception raised while importing `path`."""
+    if isinstance(exc, SyntaxError):
+        return f"{exc.filename}:{exc.lineno}: SyntaxError: {exc.msg}"
+    lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__)
+             if f.filename == str(path.resolve()) or f.filename == str(path)]
+    where = f"{path}:{lines[-1]}" if lines else str(path)
+    return f"{where}: {type(exc).__name__}: {exc}"
