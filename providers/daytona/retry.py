@@ -199,3 +199,10 @@ def exhausted(
 
 def describe(exc: Any) -> str:
     return _message(exc)
+
+
+def as_sandbox_error(what: str, exc: BaseException) -> Exception:
+    """Our own errors pass through; anything else becomes a (retryable) SandboxError."""
+    if isinstance(exc, ProviderConfigError | QuotaError | SandboxError):
+        return exc
+    return SandboxError(f"provider 'daytona': {what}: {describe(exc)}")

@@ -59,6 +59,7 @@ CALLABLES: dict[str, Any] = {
     "client.get": AsyncDaytona.get,
     "client.list": AsyncDaytona.list,
     "self._sdk.close": AsyncDaytona.close,
+    "client.close": AsyncDaytona.close,
     "client.snapshot.create": AsyncSnapshotService.create,
     "client.snapshot.get": AsyncSnapshotService.get,
     "client.snapshot.activate": AsyncSnapshotService.activate,
