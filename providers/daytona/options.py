@@ -97,6 +97,7 @@ class DaytonaOptions(BaseModel):
     ephemeral: bool = Field(True, description="delete as soon as the sandbox stops")
     create_timeout_s: float = Field(120.0, gt=0)
     snapshot_timeout_s: float = Field(1800.0, gt=0)
+    snapshot_poll_s: float = Field(2.0, gt=0, description="while another builder finishes")
     delete_timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(5, ge=0, description="retries of one API call (429, 5xx, connection)")
     backoff_base_s: float = Field(1.0, gt=0)

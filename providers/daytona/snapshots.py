@@ -28,7 +28,6 @@ _RESOLVED: set[tuple[str, str]] = set()
 _LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], asyncio.Lock]] = (
     weakref.WeakKeyDictionary()
 )
-_POLL_S = 2.0
 
 Call = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
@@ -103,7 +102,7 @@ async def _ensure_active(
                 f"provider 'daytona': snapshot {name!r} still {state!r} after "
                 f"{options.snapshot_timeout_s:.0f}s (snapshot_timeout_s)"
             )
-        await asyncio.sleep(_POLL_S)
+        await asyncio.sleep(options.snapshot_poll_s)
 
 
 async def _build(

@@ -160,9 +160,12 @@ class FakeDaytona:
         """The next sandboxes stay "starting" for `seconds`."""
         self.slow_start_s, self.slow_start_times = seconds, times
 
-    def add_snapshot(self, name: str, state: str = "active", image: str = "fake/image") -> None:
+    def add_snapshot(self, name: str, state: str = "active", image: str = "fake/image",
+                     polls: int = 0) -> None:
+        """A snapshot made elsewhere; a "building" one turns active after `polls` reads."""
         with self._lock:
             self.snapshots[name] = self._snapshot_record(name, image, state, None)
+            self.snapshots[name]["polls_left"] = polls
 
     def live(self) -> list[FakeSandbox]:
         with self._lock:
@@ -397,6 +400,13 @@ class FakeDaytona:
                 rec = self._snapshot_record(request.name, request.image_name or "", state, data)
                 self.snapshots[request.name] = rec
                 self.snapshot_bodies.append(data)
+                return 200, self._snapshot_model(rec), {}
+        if m := re.fullmatch(r"/snapshots/([^/]+)/activate", path):
+            with self._lock:
+                rec = next((r for r in self.snapshots.values() if r["id"] == m.group(1)), None)
+                if rec is None:
+                    return 404, f"Snapshot {m.group(1)} not found", {}
+                rec["state"] = "active"
                 return 200, self._snapshot_model(rec), {}
         if m := re.fullmatch(r"/snapshots/([^/]+)", path):
             with self._lock:

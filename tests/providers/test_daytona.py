@@ -201,6 +201,28 @@ def test_named_snapshot_used_as_is_and_a_missing_one_is_a_config_error(fake: Fak
     assert fake.snapshot_bodies == []
 
 
+def test_snapshot_built_elsewhere_is_waited_for_and_an_inactive_one_activated(
+    fake: FakeDaytona,
+) -> None:
+    fake.add_snapshot("busy", state="building", polls=2)
+    fake.add_snapshot("old", state="inactive")
+
+    async def main():
+        for name in ("busy", "old"):
+            provider = DaytonaProvider(**provider_options(fake, snapshot=name,
+                                                          snapshot_poll_s=0.05))
+            handle = await provider.create(SandboxSpec(name=f"hudray-{name}"), {})
+            await provider.destroy(handle)
+            await provider.close()
+
+    run(main())
+    assert fake.snapshots["busy"]["state"] == "active"
+    assert fake.count("GET", r"^/api/snapshots/busy$") == 3  # building, building, active
+    assert fake.count("POST", r"^/api/snapshots/[^/]+/activate$") == 1
+    assert [b["snapshot"] for b in fake.create_bodies] == ["busy", "old"]
+    assert fake.snapshot_bodies == []  # nothing was built here
+
+
 def test_list_and_reap_by_labels(fake: FakeDaytona) -> None:
     provider = DaytonaProvider(**provider_options(fake))
 
