@@ -54,12 +54,15 @@ def parse_ssh_command(command: str, token: str) -> SshTarget:
     port: int | None = None
     user: str | None = None
     destination: str | None = None
+    # The word holding our own token is the destination even if the token happens to
+    # start with "-" (it must not be read as an option).
+    token_word = next((i for i, a in enumerate(argv) if token and a.startswith(f"{token}@")), None)
     i = 0
     # Like OpenSSH: options may also follow the destination; the first other word after
     # it starts the remote command, which is not ours to parse.
     while i < len(argv):
         arg = argv[i]
-        if arg.startswith("-") and len(arg) >= 2:
+        if i != token_word and arg.startswith("-") and len(arg) >= 2:
             letter, rest = arg[1], arg[2:]
             if letter in _SSH_ARG_OPTIONS:
                 if not rest:

@@ -150,6 +150,11 @@ def test_response_fields_we_read_exist() -> None:
     assert asyncssh.PermissionDenied.__name__ == "PermissionDenied"  # matched by name
 
 
+def test_parse_ssh_command_with_a_token_that_looks_like_an_option() -> None:
+    target = parse_ssh_command("ssh -p 2222 -pX7@gw.example", "-pX7")
+    assert (target.host, target.port, target.username) == ("gw.example", 2222, "-pX7")
+
+
 @pytest.mark.parametrize(
     ("command", "host", "port", "user"),
     [
