@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..errors import ProviderConfigError, SandboxError
+from ..errors import ProviderConfigError, QuotaError, SandboxError
 from .options import DaytonaOptions
 from .retry import (
     Backoff,
@@ -91,7 +91,7 @@ class LifecycleMixin:
     async def _find_by_name(self, client: Any, name: str) -> Any | None:
         try:
             return await self._call(f"get sandbox {name!r}", lambda: client.get(name))
-        except (ProviderConfigError, SandboxError):
+        except (ProviderConfigError, QuotaError, SandboxError):
             raise
         except Exception as exc:
             if classify(exc) is Kind.NOT_FOUND:
