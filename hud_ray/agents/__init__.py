@@ -2,8 +2,8 @@
 
 An agent gets a `Session` (prompt, task, bindings, `open_tunnel(name)`, a step recorder)
 and returns the answer that `tasks.grade` receives. Agents are passed as objects or as
-specs resolved on the worker: `pkg.mod:attr`, `path/to/file.py:attr`, or a built-in name
-(`rule`, `nop`, `echo`).
+specs resolved on the worker: `pkg.mod:attr`, `path/to/file.py:attr`, a built-in name
+(`rule`, `nop`, `echo`), or `hud:pkg.mod:AgentClass` for a hud Agent (see `hud_agent`).
 """
 
 from __future__ import annotations
@@ -87,6 +87,10 @@ def resolve_agent(spec: str | Agent) -> Agent:
         if not callable(spec):
             raise AgentSpecError(f"agent {spec!r} is not callable")
         return spec
+    if spec.startswith("hud:"):  # a hud Agent, run through the adapter (the [hud] extra)
+        from hud_ray.agents.hud_agent import hud_agent_from_spec
+
+        return hud_agent_from_spec(spec)
     target = BUILTIN_AGENTS.get(spec, spec)
     module_part, sep, attr = target.rpartition(":")
     if not sep or not module_part or not attr:
