@@ -10,6 +10,7 @@ import math
 import time
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from hud_ray.agents.rule import rule_agent
@@ -268,10 +269,9 @@ def test_host_key_recorded_without_known_hosts_and_checked_with_it(
 ) -> None:
     good = tmp_path / "known_hosts"
     good.write_text(fake.gateway.known_hosts_line())
-    with FakeDaytona() as other:  # same format, another key
-        bad = tmp_path / "wrong_hosts"
-        bad.write_text(other.gateway.known_hosts_line().replace(
-            f"]:{other.gateway.port} ", f"]:{fake.gateway.port} "))
+    other_key = asyncssh.generate_private_key("ssh-ed25519").export_public_key("openssh")
+    bad = tmp_path / "wrong_hosts"  # the gateway's host and port, another key
+    bad.write_text(f"[127.0.0.1]:{fake.gateway.port} {other_key.decode().strip()}\n")
 
     async def attempt(**extra):
         provider = DaytonaProvider(**provider_options(fake, **extra))
