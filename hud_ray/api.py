@@ -96,6 +96,7 @@ def plan_run(
     teardown_timeout_s: float = 60.0,
     deadline_grace_s: float = 15.0,
     governor: dict[str, Any] | bool | None = True,
+    warm: float | None = None,
     **provider_options: Any,
 ) -> RunPlan:
     from hud_ray.scheduler import Scheduler, SchedulerConfig
@@ -130,6 +131,8 @@ def plan_run(
                  "teardown_timeout_s": teardown_timeout_s},
         env_vars={k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
         governor=_governor_policy(governor),
+        warm_per_slot=(warm if warm is not None
+                       else (1.0 if driver_provider.capabilities.warm_ahead else 0.0)),
     )
     ensure_ray()
     rollouts = expand(tasks_from(tasks), repeats=repeats, variant=variant)

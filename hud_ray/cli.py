@@ -69,6 +69,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="governor: most live sandboxes at once for this account")
     p.add_argument("--governor-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="other governor policy settings (e.g. run_lease_s=30)")
+    p.add_argument("--warm", type=float, default=None, metavar="DEPTH",
+                   help="sandboxes kept warm per slot (default: 1 for local/sim, 0 for "
+                        "providers that bill idle sandboxes)")
     p.add_argument("--no-governor", action="store_true",
                    help="no cluster-wide governor, ledger or reaper (benchmarks only)")
 
@@ -124,7 +127,7 @@ def cmd_run(args: argparse.Namespace, tasks: str, agent: str) -> int:
         tasks, agent, args.provider, concurrency=args.concurrency, repeats=args.repeats,
         out=args.out, run_id=args.run_id, resume=args.resume, workers=args.workers,
         timeout_s=args.timeout, max_attempts=args.max_attempts,
-        progress=not args.no_progress, governor=governor_policy(args),
+        progress=not args.no_progress, governor=governor_policy(args), warm=args.warm,
         **_failure_budget(args.max_failures),
         **parse_options(args.provider_opt),
     )

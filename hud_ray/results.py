@@ -7,9 +7,12 @@ sees half a file. Resume is an anti-join on `rollout_key`.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import platform
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -61,6 +64,11 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
         raise RunDirError(f"{path}: unreadable manifest: {exc}") from None
 
 
+def _warm_parquet_writer(schema: pa.Schema) -> None:
+    with contextlib.suppress(Exception):
+        pq.write_table(schema.empty_table(), io.BytesIO())
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
@@ -89,6 +97,9 @@ class ResultWriter:
         self.counts: Counter[str] = Counter()
         self.rows_written = 0
         self._prepare_dir(config, resume)
+        # pyarrow's first Parquet write pays seconds of lazy setup; pay it off the
+        # critical path so the first row lands as soon as the first rollout ends.
+        threading.Thread(target=_warm_parquet_writer, args=(self.schema,), daemon=True).start()
 
     def _prepare_dir(self, config: dict[str, Any], resume: bool) -> None:
         manifest_path = self.run_dir / MANIFEST

@@ -55,6 +55,15 @@ class RolloutConfig(BaseModel):
     node_id: str | None = None
 
 
+class Prepared(BaseModel):
+    """A sandbox provisioned ahead of its rollout (warm-ahead): created and ready."""
+
+    model_config = {"arbitrary_types_allowed": True}
+    handle: SandboxHandle
+    endpoint: Endpoint
+    created_at: float  # time.monotonic() when its create began (for sandbox_seconds)
+
+
 class RolloutFailure(Exception):
     """Internal: ends the phases early with a classified status."""
 
@@ -89,9 +98,11 @@ class RolloutRunner:
     build the row (`result_as(Status.CANCELLED)`)."""
 
     def __init__(
-        self, rollout: Rollout, agent: Agent, provider: Provider, config: RolloutConfig
+        self, rollout: Rollout, agent: Agent, provider: Provider, config: RolloutConfig,
+        prepared: Prepared | None = None,
     ) -> None:
         self.rollout = rollout
+        self.prepared = prepared
         self.agent = agent
         self.provider = provider
         self.config = config
@@ -142,9 +153,10 @@ class RolloutRunner:
 
     # --- phases ----------------------------------------------------------------------
     async def _phases(self) -> None:
-        await self._timed("provision", self._provision())
-        endpoint = await self._timed("ready", self._ready())
-        await self._timed("ready", self._connect(endpoint))
+        if self.prepared is None or not await self._timed("ready", self._use_prepared()):
+            await self._timed("provision", self._provision())
+            endpoint = await self._timed("ready", self._ready())
+            await self._timed("ready", self._connect(endpoint))
         await self._timed("start", self._start())
         await self._timed("agent", self._run_agent())
         await self._timed("grade", self._grade())
@@ -156,6 +168,21 @@ class RolloutRunner:
             return await awaitable
         finally:
             self.timings[phase] = self.timings.get(phase, 0.0) + time.monotonic() - t0
+
+    async def _use_prepared(self) -> bool:
+        """Connect to the warm sandbox; if it died while waiting, drop it and go cold."""
+        prepared = self.prepared
+        assert prepared is not None
+        self.handle, self._sandbox_t0 = prepared.handle, prepared.created_at
+        self.timings["provision"] = 0.0
+        try:
+            await self._connect(prepared.endpoint)
+            return True
+        except RolloutFailure:
+            with contextlib.suppress(Exception):
+                await shielded(self.provider.destroy(prepared.handle))
+            self.handle, self._sandbox_t0, self.client = None, None, None
+            return False
 
     async def _provision(self) -> None:
         spec = sandbox_spec(self.rollout, self.config, self.deadline_s)

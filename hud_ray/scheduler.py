@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import random
 import threading
 import time
@@ -65,6 +66,7 @@ class SchedulerConfig(BaseModel):
     governor: dict[str, Any] | None = Field(
         default_factory=dict, description="governor policy overrides; None = no governor")
     heartbeat_s: float = 5.0
+    warm_per_slot: float = 0.0
 
     def worker_count(self) -> int:
         if self.workers:
@@ -91,6 +93,7 @@ class _Worker:
     worker_id: str
     inflight: dict[str, _Flight] = field(default_factory=dict)
     step_ref: Any = None
+    drained: bool = False
 
 
 class Scheduler:
@@ -171,7 +174,7 @@ class Scheduler:
         ).remote(
             worker_id, self.config.provider, self.config.provider_options, self.config.agent,
             {**self.config.rollout, "run_id": self.config.run_id}, slots, self.config.env_vars,
-            self.config.governor,
+            self.config.governor, math.ceil(slots * self.config.warm_per_slot),
         )
         return _Worker(index=index, actor=actor, slots=slots, worker_id=worker_id)
 
@@ -234,8 +237,10 @@ class Scheduler:
             for rollout, attempt in items:
                 worker.inflight[rollout.rollout_key] = _Flight(
                     rollout, attempt, now, self._budget_s(rollout))
-            if worker.inflight or items:
-                worker.step_ref = worker.actor.step.remote(items, self.config.step_wait_s)
+            drain = self._source_done and not self._retry_heap and not worker.drained
+            worker.drained = worker.drained or drain
+            if worker.inflight or items or drain:
+                worker.step_ref = worker.actor.step.remote(items, self.config.step_wait_s, drain)
 
     def _take(self, free: int, avoid: _Worker) -> list[tuple[Rollout, int]]:
         items: list[tuple[Rollout, int]] = []

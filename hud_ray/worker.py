@@ -18,9 +18,10 @@ from typing import Any
 import ray
 
 from hud_ray.agents import resolve_agent
-from hud_ray.rollout import RolloutConfig, RolloutRunner
+from hud_ray.rollout import RolloutConfig, RolloutRunner, rollout_labels
 from hud_ray.schema import Status
 from hud_ray.tasks import Rollout
+from hud_ray.warm import WARM_ROLLOUT_LABEL, WarmPool
 from providers import get_provider
 
 # (rollout, attempt) as the driver sends them
@@ -40,6 +41,7 @@ class RolloutWorkerImpl:
         slots: int,
         env_vars: dict[str, str] | None = None,
         governor_policy: dict[str, Any] | None = None,
+        warm_depth: int = 0,
     ) -> None:
         os.environ.update(env_vars or {})
         self.worker_id = worker_id
@@ -54,18 +56,28 @@ class RolloutWorkerImpl:
                 self.provider, GovernorClient(governor, worker_id), worker_id, self.node_id)
         self.agent = resolve_agent(agent)
         self.base_config = RolloutConfig(**rollout_config, worker_id=worker_id)
+        self.pool: WarmPool | None = None
+        if warm_depth > 0:
+            labels = rollout_labels(self.base_config.run_id, WARM_ROLLOUT_LABEL,
+                                    self.base_config.owner)
+            self.pool = WarmPool(self.provider, self.base_config, warm_depth, labels, worker_id)
         self._running: dict[str, asyncio.Task[None]] = {}
         self._runners: dict[str, RolloutRunner] = {}
         self._done: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
 
-    async def step(self, items: list[WorkItem], wait_s: float) -> dict[str, Any]:
-        """Start `items`; return rows finished so far (waiting up to `wait_s` for one)."""
+    async def step(self, items: list[WorkItem], wait_s: float,
+                   drain: bool = False) -> dict[str, Any]:
+        """Start `items`; return rows finished so far (waiting up to `wait_s` for one).
+        `drain`: no new work is coming, so stop warming and free the warm sandboxes."""
         for rollout, attempt in items:
             key = rollout.rollout_key
             if key in self._running:  # never run one rollout twice at once
                 continue
             self._running[key] = asyncio.create_task(self._run(rollout, attempt))
+        if drain and self.pool is not None:
+            # After the tasks above have taken their warm sandboxes (call_soon is FIFO).
+            asyncio.get_running_loop().call_soon(self.pool.drain)
         if not self._done and wait_s > 0 and self._running:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -74,11 +86,15 @@ class RolloutWorkerImpl:
         # The phase of each running rollout: if this worker's loop later hangs, the
         # driver still knows where each rollout was when it records the timeout.
         phases = {key: runner.phase for key, runner in self._runners.items()}
-        return {"rows": rows, "phases": phases}
+        warm = self.pool.counts() if self.pool is not None else {}
+        return {"rows": rows, "phases": phases, "warm": warm}
 
     async def _run(self, rollout: Rollout, attempt: int) -> None:
         config = self.base_config.model_copy(update={"attempt": attempt, "node_id": self.node_id})
-        runner = RolloutRunner(rollout, self.agent, self.provider, config)
+        prepared = None
+        if self.pool is not None and attempt == 1:  # a retry gets a fresh, cold sandbox
+            prepared = await self.pool.take(rollout)
+        runner = RolloutRunner(rollout, self.agent, self.provider, config, prepared)
         self._runners[rollout.rollout_key] = runner
         try:
             result = await runner.run()
@@ -100,6 +116,8 @@ class RolloutWorkerImpl:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=timeout_s)
+        if self.pool is not None:
+            await self.pool.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.provider.close(), timeout_s)
         rows, self._done = self._done, []

@@ -96,7 +96,7 @@ class Capabilities(BaseModel):
     images: bool = False
     resources: set[str] = Field(default_factory=set)
     gpu: bool = False
-    warm_ahead: bool = True
+    warm_ahead: bool = False
 
 
 def sandbox_name(run_id: str, rollout_key: str, attempt: int) -> str:

@@ -28,7 +28,7 @@ class ModalProvider(Provider):
     default_create_rate = 5.0
     default_live_cap = 100
     capabilities = Capabilities(images=True, resources={"cpu", "memory_mb", "gpu"}, gpu=True,
-                                warm_ahead=True)
+                                warm_ahead=False)  # idle sandboxes are billed: opt in with --warm
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

@@ -1,0 +1,38 @@
+"""Warm-ahead: cold start leaves the critical path, and no warm sandbox outlives the run."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from hud_ray.api import run_distributed
+from providers.sim import sim_stats
+
+
+def test_warm_ahead_hides_cold_start_and_cleans_up(ray_local, tmp_path):
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_text("".join(json.dumps({"env": "sim", "id": "t", "args": {"i": i}}) + "\n"
+                             for i in range(32)))
+    account = f"warm-{uuid.uuid4().hex[:6]}"
+    table = run_distributed(tasks, "nop", provider="sim", concurrency=4, workers=1,
+                            out=tmp_path / "runs", progress=False, warm=1,
+                            account=account, cold_start_s="0.5", duration_s="0.4")
+    rows = table.to_pylist()
+    assert len(rows) == 32 and all(r["status"] == "ok" for r in rows)
+    warm = [r for r in rows if r["provision_s"] == 0.0]
+    # Only the first wave (one per slot) pays the cold start.
+    assert len(warm) >= 32 - 4 - 2, [(r["provision_s"], r["ready_s"]) for r in rows]
+    assert all(r["ready_s"] < 0.3 for r in warm)
+    stats = sim_stats(account)
+    assert stats["live"] == 0, stats
+    assert stats["creates"] <= 32 + 4 + 4  # at most one spare per slot beyond the cold wave
+
+
+def test_cold_without_warm(ray_local, tmp_path):
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_text("".join(json.dumps({"env": "sim", "id": "t", "args": {"i": i}}) + "\n"
+                             for i in range(8)))
+    table = run_distributed(tasks, "nop", provider="sim", concurrency=4, workers=1,
+                            out=tmp_path / "runs", progress=False, warm=0,
+                            account=f"cold-{uuid.uuid4().hex[:6]}", cold_start_s="0.3")
+    assert all(r["provision_s"] > 0 and r["ready_s"] >= 0.25 for r in table.to_pylist())
