@@ -46,7 +46,7 @@ def test_hud_spec_without_hud_names_the_extra() -> None:
 
 
 HUD_SIDE = r'''
-import asyncio, json, os, pickle, re, secrets, subprocess, sys
+import asyncio, http.server, json, os, pickle, re, secrets, socket, subprocess, sys, threading
 from urllib.parse import urlsplit
 
 os.environ["HUD_API_KEY"] = ""  # offline: hud reports nothing anywhere
@@ -72,8 +72,7 @@ for row in ROWS:
     FIRST.setdefault(row["id"], row)
 
 
-async def solve(run) -> str:
-    text = run.prompt_text
+def solve_text(text: str) -> str:
     if m := re.search(r"letter '(.)' appear in: '(.*)'\?", text):
         return str(m.group(2).lower().count(m.group(1).lower()))
     if m := re.search(r"Compute (-?\d+) ([+\-*]) (-?\d+)\.", text):
@@ -83,6 +82,11 @@ async def solve(run) -> str:
         return m.group(1)[::-1]
     if m := re.search(r"comma-separated: (.*)$", text):
         return ", ".join(str(n) for n in sorted(int(x) for x in m.group(1).split(",")))
+    return "no idea"
+
+
+async def solve(run) -> str:
+    text = run.prompt_text
     if m := re.search(r"send '(GET \S+)'", text):
         # hud's own capability route: binding() is a local forwarder hud's client opened.
         cap = run.client.binding("kv")
@@ -94,7 +98,7 @@ async def solve(run) -> str:
         writer.close()
         await writer.wait_closed()
         return value
-    return "no idea"
+    return solve_text(text)
 
 
 class DemoSolver(Agent):
@@ -131,6 +135,44 @@ class SlowAgent(Agent):
         await asyncio.sleep(30)
 
 
+class FakeModel(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-compatible /chat/completions that answers the demo's prompts."""
+
+    prompts = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        content = body["messages"][-1]["content"]
+        text = content if isinstance(content, str) else "".join(
+            part.get("text", "") for part in content)
+        FakeModel.prompts.append(text)
+        data = json.dumps({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 0,
+            "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": solve_text(text)}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
+        }).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def make_chat_agent(base_url):
+    """A configured hud agent behind a factory, the way a spec string can name one."""
+    from hud.agents.openai_compatible import OpenAIChatAgent
+    from hud.agents.types import OpenAIChatConfig
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=base_url, api_key="test-key", max_retries=0)
+    return OpenAIChatAgent(OpenAIChatConfig(model="fake-model", model_client=client))
+
+
 class GatedAttach(AttachProvider):
     """An env behind hud_ray's token gate: every connection must open with the secret."""
 
@@ -151,6 +193,7 @@ def emit(case, row, **extra):
         "reward": row.reward, "answer": row.answer, "agent": row.agent,
         "error_type": row.error_type, "error_message": row.error_message,
         "step_kinds": [s["kind"] for s in steps],
+        "step_contents": [s["step"].get("content") for s in steps if s["kind"] == "hud"],
         "saw_task": [s["step"].get("extra", {}).get("saw_task") for s in steps
                      if s["kind"] == "hud"],
         **extra,
@@ -170,6 +213,14 @@ async def main():
     shipped = pickle.loads(pickle.dumps(spec_agent))  # what Ray does to reach a worker
     no_timeout = dict(FIRST["arith"])
     no_timeout.pop("agent_config")
+    model = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeModel)
+    threading.Thread(target=model.serve_forever, daemon=True).start()
+    model_url = f"http://127.0.0.1:{model.server_address[1]}/v1"
+    with socket.socket() as sock:  # a port nobody listens on: the model endpoint is down
+        sock.bind(("127.0.0.1", 0))
+        down_url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    chat = HudAgentAdapter("hud.agents.openai_compatible:OpenAIChatAgent", model="fake-model",
+                           base_url=model_url, api_key="test-key")
     jobs = [one("solver", local, spec_agent, row) for row in FIRST.values()]
     jobs += [
         one("pickled", local, shipped, FIRST["kv_lookup"]),
@@ -180,12 +231,18 @@ async def main():
             HudAgentAdapter(f"{HERE}:ErrorTraceAgent", grade_errors=True), FIRST["reverse"]),
         one("config_timeout", local,
             HudAgentAdapter(SlowAgent(AgentConfig(timeout_seconds=0.5))), no_timeout),
+        *(one("openai_chat", local, chat, FIRST[t]) for t in ("count", "arith", "reverse")),
+        one("model_down", local, HudAgentAdapter(f"{HERE}:make_chat_agent", base_url=down_url),
+            FIRST["count"]),
     ]
     try:
         await asyncio.gather(*jobs)
         print(json.dumps({"case": "unpickled_agent_built_lazily",
                           "value": shipped._agent is not None}), flush=True)
+        print(json.dumps({"case": "model_prompts", "value": FakeModel.prompts}), flush=True)
+        print(json.dumps({"case": "chat_repr", "value": repr(chat)}), flush=True)
     finally:
+        model.shutdown()
         await local.close()
 
     # The same agent against an env behind the token gate (a cloud sandbox's only door).
@@ -246,8 +303,8 @@ def hud_rows(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
     assert proc.returncode == 0, (
         f"hud side failed under {python} (hud_ray's core deps must be importable there)\n"
         f"{proc.stderr[-4000:]}")
-    # Tunnels and gateway connections end cleanly: nothing asyncio had to log.
-    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    # Tunnels and gateway connections end cleanly: no task asyncio had to log as cancelled.
+    assert "Exception in callback" not in proc.stderr, proc.stderr[-4000:]
     rows: dict[str, list[dict]] = {}
     for line in proc.stdout.splitlines():
         if line.startswith("{"):
@@ -303,3 +360,23 @@ def test_hud_agent_passes_a_token_gate(hud_rows) -> None:
     gated = {r["template"]: r for r in hud_rows["gated"]}
     assert {t: (r["status"], r["reward"]) for t, r in gated.items()} == {
         "kv_lookup": ("ok", 1.0), "count": ("ok", 1.0)}
+
+
+@pytest.mark.hud
+def test_hud_openai_chat_agent_against_a_fake_model(hud_rows) -> None:
+    """hud's real OpenAIChatAgent (a ToolAgent), configured through the adapter."""
+    rows = {r["template"]: r for r in hud_rows["openai_chat"]}
+    assert {t: (r["status"], r["reward"]) for t, r in rows.items()} == {
+        "count": ("ok", 1.0), "arith": ("ok", 1.0), "reverse": ("ok", 1.0)}
+    for row in rows.values():
+        assert row["agent"] == "hud:hud.agents.openai_compatible:OpenAIChatAgent"
+        assert row["answer"] in row["step_contents"]  # the model's turn is in the steps
+    [prompts] = [c["value"] for c in hud_rows["model_prompts"]]
+    assert len(prompts) == 3 and any("Reverse the word" in p for p in prompts)
+    [shown] = [c["value"] for c in hud_rows["chat_repr"]]
+    assert "test-key" not in shown and "127.0.0.1" not in shown  # config never in a repr
+    # The model endpoint down: the ToolAgent catches it and marks its trace; that is an
+    # agent_error with the agent's own message, not a graded reward of 0.
+    [down] = hud_rows["model_down"]
+    assert (down["status"], down["error_type"]) == ("agent_error", "HudAgentError")
+    assert "Connection error" in down["error_message"], down

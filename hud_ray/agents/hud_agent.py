@@ -1,8 +1,12 @@
 """Run any hud Agent (hud 0.6.21, the `[hud]` extra) in a sandbox hud_ray provisioned.
 
-    run_distributed(tasks, "hud:hud.agents.openai_compatible:OpenAIChatAgent")
-    run_distributed(tasks, HudAgentAdapter("mypkg.agents:make_agent", model="my-model"))
-    run_distributed(tasks, HudAgentAdapter(MyAgent()))
+    # a class with its config fields as keywords (any OpenAI-compatible server):
+    agent = HudAgentAdapter("hud.agents.openai_compatible:OpenAIChatAgent",
+                            model="my-model", base_url="http://vllm:8000/v1", api_key=KEY)
+    run_distributed(tasks, agent)
+    run_distributed(tasks, "hud:mypkg.agents:make_agent")   # a spec: a factory, no config
+    run_distributed(tasks, "hud:hud.agents.openai_compatible:OpenAIChatAgent")  # HUD gateway
+    run_distributed(tasks, HudAgentAdapter(MyAgent()))      # an instance (must pickle)
 
 The target is `pkg.module:attr` or `path/to/file.py:attr`, where attr is an `Agent`
 subclass (built with `Class.load(config)`, i.e. its config fields as keyword arguments, or
