@@ -18,20 +18,16 @@ prints DAYTONA_API_URL=... and DAYTONA_API_KEY=... and serves until SIGTERM/SIGI
 from __future__ import annotations
 
 import argparse
-import collections
-import contextlib
 import itertools
 import json
-import os
 import re
 import secrets
 import signal
-import subprocess
 import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -41,43 +37,14 @@ from urllib.parse import parse_qs, urlsplit
 from daytona_api_client_async import models as api
 from daytona_toolbox_api_client_async import models as toolbox
 
+from tests.fakes.daytona_sandboxes import (
+    DEMO_ENV,
+    FakeCommand,
+    FakeSandbox,
+    snapshot_model,
+    snapshot_record,
+)
 from tests.fakes.ssh_gateway import SshGateway
-
-REPO = Path(__file__).resolve().parents[2]
-DEMO_ENV = REPO / "examples" / "demo" / "env.py"
-PORT_LINE = "HUD_SERVE_PORT="
-
-
-@dataclass
-class FakeCommand:
-    id: str
-    command: str
-    proc: subprocess.Popen[bytes] | None = None
-    output: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=200))
-    exit_code: int | None = None
-
-
-@dataclass
-class FakeSandbox:
-    id: str
-    name: str
-    labels: dict[str, str]
-    env: dict[str, str]
-    snapshot: str | None
-    target: str
-    auto_stop_interval: int | None
-    auto_delete_interval: int | None
-    ttl_minutes: int | None
-    created: datetime
-    started_at: float  # monotonic time it reaches "started"
-    state: str = "starting"
-    sessions: dict[str, dict[str, FakeCommand]] = field(default_factory=dict)
-    ports: dict[int, int] = field(default_factory=dict)  # port inside → real port
-
-    def current_state(self) -> str:
-        if self.state == "starting" and time.monotonic() >= self.started_at:
-            self.state = "started"
-        return self.state
 
 
 @dataclass
@@ -134,7 +101,7 @@ class FakeDaytona:
         self.gateway.stop()
         with self._lock:
             for sandbox in list(self.sandboxes.values()):
-                self._kill(sandbox)
+                sandbox.kill()
 
     def __enter__(self) -> FakeDaytona:
         self.start()
@@ -164,8 +131,7 @@ class FakeDaytona:
                      polls: int = 0) -> None:
         """A snapshot made elsewhere; a "building" one turns active after `polls` reads."""
         with self._lock:
-            self.snapshots[name] = self._snapshot_record(name, image, state, None)
-            self.snapshots[name]["polls_left"] = polls
+            self.snapshots[name] = snapshot_record(name, image, state, None, polls)
 
     def live(self) -> list[FakeSandbox]:
         with self._lock:
@@ -182,8 +148,7 @@ class FakeDaytona:
 
     def server_pids(self) -> list[int]:
         with self._lock:
-            return [c.proc.pid for s in self.sandboxes.values() for cmds in s.sessions.values()
-                    for c in cmds.values() if c.proc is not None and c.proc.poll() is None]
+            return [pid for s in self.sandboxes.values() for pid in s.server_pids()]
 
     # --- gateway callbacks -----------------------------------------------------------
     def _authorize(self, token: str) -> str | None:
@@ -197,50 +162,6 @@ class FakeDaytona:
         with self._lock:
             sandbox = self.sandboxes.get(sandbox_id)
             return sandbox.ports.get(port) if sandbox else None
-
-    # --- models ----------------------------------------------------------------------
-    def _sandbox_model(self, sb: FakeSandbox, state: str | None = None) -> api.Sandbox:
-        destroy_at = (sb.created + timedelta(minutes=sb.ttl_minutes)).isoformat() \
-            if sb.ttl_minutes else None
-        return api.Sandbox(
-            id=sb.id, organization_id="org-fake", name=sb.name, snapshot=sb.snapshot,
-            user="daytona", env=dict(sb.env), labels=dict(sb.labels), public=False,
-            network_block_all=False, kvm=False, target=sb.target, cpu=1, gpu=0, memory=1,
-            disk=3, state=api.SandboxState(state or sb.current_state()),
-            auto_stop_interval=sb.auto_stop_interval, auto_delete_interval=sb.auto_delete_interval,
-            auto_destroy_at=destroy_at, created_at=sb.created.isoformat(),
-            toolbox_proxy_url=f"{self.url}/toolbox",
-        )
-
-    def _list_item(self, sb: FakeSandbox) -> api.SandboxListItem:
-        return api.SandboxListItem(
-            id=sb.id, organization_id="org-fake", name=sb.name, target=sb.target,
-            user="daytona", public=False, network_block_all=False, cpu=1, gpu=0, memory=1,
-            disk=3, labels=dict(sb.labels), state=api.SandboxState(sb.current_state()),
-            toolbox_proxy_url=f"{self.url}/toolbox",
-        )
-
-    def _snapshot_record(self, name: str, image: str, state: str,
-                         body: dict[str, Any] | None) -> dict[str, Any]:
-        now = datetime.now(UTC)
-        body = body or {}
-        return {"id": str(uuid.uuid4()), "name": name, "image_name": image, "state": state,
-                "entrypoint": body.get("entrypoint"), "cpu": body.get("cpu") or 1,
-                "mem": body.get("memory") or 1, "disk": body.get("disk") or 3,
-                "polls_left": self.snapshot_build_polls, "created": now}
-
-    def _snapshot_model(self, rec: dict[str, Any]) -> api.SnapshotDto:
-        if rec["state"] == "building":
-            rec["polls_left"] -= 1
-            if rec["polls_left"] < 0:
-                rec["state"] = "active"
-        return api.SnapshotDto(
-            id=rec["id"], organization_id="org-fake", general=False, name=rec["name"],
-            image_name=rec["image_name"], state=api.SnapshotState(rec["state"]), size=1.0,
-            entrypoint=rec["entrypoint"], cpu=rec["cpu"], gpu=0, mem=rec["mem"],
-            disk=rec["disk"], error_reason=None, created_at=rec["created"],
-            updated_at=rec["created"], last_used_at=None, source_sandbox_id=None,
-        )
 
     # --- sandboxes -------------------------------------------------------------------
     def _find(self, id_or_name: str) -> FakeSandbox | None:
@@ -278,7 +199,7 @@ class FakeDaytona:
                 hang = self.hang_create_s
         if hang:
             self._stopping.wait(hang)
-        return 200, self._sandbox_model(sandbox)
+        return 200, sandbox.model(self.url)
 
     def _delete(self, sandbox: FakeSandbox) -> api.Sandbox:
         with self._lock:
@@ -286,19 +207,10 @@ class FakeDaytona:
             self.deleted[sandbox.id] = sandbox
             for token in [t for t, (sid, _) in self.tokens.items() if sid == sandbox.id]:
                 del self.tokens[token]
-            self._kill(sandbox)
+            sandbox.kill()
             sandbox.state = "destroyed"
         self.gateway.drop(sandbox.id)
-        return self._sandbox_model(sandbox, "destroying")
-
-    def _kill(self, sandbox: FakeSandbox) -> None:
-        for commands in sandbox.sessions.values():
-            for command in commands.values():
-                if command.proc is not None and command.proc.poll() is None:
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(command.proc.pid, signal.SIGKILL)
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        command.proc.wait(5)
+        return sandbox.model(self.url, "destroying")
 
     def _ssh_access(self, sandbox: FakeSandbox, minutes: int | None) -> api.SshAccessDto:
         token = secrets.token_hex(20)  # ssh(1) would read a leading "-" as an option
@@ -316,46 +228,16 @@ class FakeDaytona:
     def _exec(self, sandbox: FakeSandbox, session_id: str, body: dict[str, Any]) -> tuple[int, Any]:
         request = toolbox.SessionExecuteRequest.from_dict(body)
         assert request is not None
+        if not (request.run_async or request.var_async):
+            return 400, "fake daytona runs only async (server) commands"
         with self._lock:
             commands = sandbox.sessions.get(session_id)
             if commands is None:
                 return 404, f"session {session_id} not found"
             command = FakeCommand(id=str(uuid.uuid4()), command=request.command)
             commands[command.id] = command
-        if not (request.run_async or request.var_async):
-            return 400, "fake daytona runs only async (server) commands"
-        match = re.search(r"--port[ =](\d+)", request.command)
-        if match is None:
-            command.output.append("fake daytona: no --port in the command")
-            command.exit_code = 2
-            return 202, toolbox.SessionExecuteResponse(cmd_id=command.id)
-        inside_port = int(match.group(1))
-        if self.server_exit_code is not None:
-            argv = [sys.executable, "-c",
-                    f"import sys; print('fake env: cannot start'); sys.exit({self.server_exit_code})"]
-        else:
-            argv = [sys.executable, "-m", "hud_ray.envkit", self.env_file,
-                    "--host", "127.0.0.1", "--port", "0"]
-        command.proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=str(REPO),
-            env={**os.environ, **sandbox.env, "PYTHONUNBUFFERED": "1"},
-        )
-        threading.Thread(target=self._pump, args=(sandbox, inside_port, command),
-                         daemon=True).start()
+        sandbox.start_server(command, self.env_file, self.server_exit_code, self._lock)
         return 202, toolbox.SessionExecuteResponse(cmd_id=command.id)
-
-    def _pump(self, sandbox: FakeSandbox, inside_port: int, command: FakeCommand) -> None:
-        assert command.proc is not None and command.proc.stdout is not None
-        for raw in command.proc.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            command.output.append(line)
-            if line.startswith(PORT_LINE):
-                with self._lock:
-                    sandbox.ports[inside_port] = int(line[len(PORT_LINE):])
-        command.exit_code = command.proc.wait()
-        with self._lock:
-            sandbox.ports.pop(inside_port, None)
 
     # --- HTTP dispatch ---------------------------------------------------------------
     def handle(self, method: str, raw_path: str, headers: Any, body: bytes) -> tuple[int, Any, dict[str, str]]:
@@ -387,7 +269,7 @@ class FakeDaytona:
         if path == "/sandbox" and method == "GET":
             wanted = json.loads(query["labels"][0]) if "labels" in query else {}
             with self._lock:
-                items = [self._list_item(s) for s in self.sandboxes.values()
+                items = [s.list_item(self.url) for s in self.sandboxes.values()
                          if all(s.labels.get(k) == v for k, v in wanted.items())]
             return 200, api.ListSandboxesResponse(items=items, next_cursor=None), {}
         if path == "/snapshots" and method == "POST":
@@ -397,24 +279,25 @@ class FakeDaytona:
                 if request.name in self.snapshots:
                     return 409, f"Snapshot {request.name} already exists", {}
                 state = "building" if self.snapshot_build_polls else "active"
-                rec = self._snapshot_record(request.name, request.image_name or "", state, data)
+                rec = snapshot_record(request.name, request.image_name or "", state, data,
+                                      self.snapshot_build_polls)
                 self.snapshots[request.name] = rec
                 self.snapshot_bodies.append(data)
-                return 200, self._snapshot_model(rec), {}
+                return 200, snapshot_model(rec), {}
         if m := re.fullmatch(r"/snapshots/([^/]+)/activate", path):
             with self._lock:
                 rec = next((r for r in self.snapshots.values() if r["id"] == m.group(1)), None)
                 if rec is None:
                     return 404, f"Snapshot {m.group(1)} not found", {}
                 rec["state"] = "active"
-                return 200, self._snapshot_model(rec), {}
+                return 200, snapshot_model(rec), {}
         if m := re.fullmatch(r"/snapshots/([^/]+)", path):
             with self._lock:
                 rec = self.snapshots.get(m.group(1)) or next(
                     (r for r in self.snapshots.values() if r["id"] == m.group(1)), None)
                 if rec is None:
                     return 404, f"Snapshot {m.group(1)} not found", {}
-                return 200, self._snapshot_model(rec), {}
+                return 200, snapshot_model(rec), {}
         if not (m := re.fullmatch(r"/sandbox/([^/]+)(/[^?]*)?", path)):
             return 404, f"fake daytona: no route {method} {path}", {}
         with self._lock:
@@ -424,7 +307,7 @@ class FakeDaytona:
         rest = m.group(2) or ""
         if rest == "" and method == "GET":
             with self._lock:
-                return 200, self._sandbox_model(sandbox), {}
+                return 200, sandbox.model(self.url), {}
         if rest == "" and method == "DELETE":
             return 200, self._delete(sandbox), {}
         if rest == "/ssh-access" and method == "POST":
