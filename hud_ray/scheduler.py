@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import logging
@@ -35,6 +36,7 @@ from hud_ray.results import ResultWriter
 from hud_ray.rollout import RolloutConfig, rollout_labels, sandbox_spec
 from hud_ray.schema import RETRYABLE, Status
 from hud_ray.tasks import Rollout
+from hud_ray.warm import spec_key
 from hud_ray.worker import RolloutWorker
 from providers import Provider, UnsupportedSpecError
 
@@ -94,6 +96,7 @@ class _Worker:
     inflight: dict[str, _Flight] = field(default_factory=dict)
     step_ref: Any = None
     drained: bool = False
+    warm: dict[str, int] = field(default_factory=dict)
 
 
 class Scheduler:
@@ -117,6 +120,8 @@ class Scheduler:
         self._retry_heap: list[tuple[float, int, Rollout, int]] = []
         self._tiebreak = itertools.count()
         self._source_done = False
+        self._lookahead: collections.deque[Rollout] = collections.deque()
+        self._kinds_seen: set[str] = set()
         self._replacements = 0
         self._failures = 0
         self._finished = 0
@@ -232,23 +237,35 @@ class Scheduler:
         for worker in sorted(self.workers, key=lambda w: len(w.inflight) - w.slots):
             if worker.step_ref is not None:
                 continue  # one call in flight per worker; it returns as soon as a row lands
-            items = self._take(worker.slots - len(worker.inflight), avoid=worker)
+            items = self._take(worker.slots - len(worker.inflight), worker)
             now = time.monotonic()
             for rollout, attempt in items:
                 worker.inflight[rollout.rollout_key] = _Flight(
                     rollout, attempt, now, self._budget_s(rollout))
-            drain = self._source_done and not self._retry_heap and not worker.drained
+            drain = (self._source_done and not self._retry_heap and not self._lookahead
+                     and not worker.drained)
             worker.drained = worker.drained or drain
             if worker.inflight or items or drain:
                 worker.step_ref = worker.actor.step.remote(items, self.config.step_wait_s, drain)
 
-    def _take(self, free: int, avoid: _Worker) -> list[tuple[Rollout, int]]:
+    def _take(self, free: int, worker: _Worker) -> list[tuple[Rollout, int]]:
         items: list[tuple[Rollout, int]] = []
         now = time.monotonic()
         while free > len(items) and self._retry_heap and self._retry_heap[0][0] <= now:
             _, _, rollout, attempt = heapq.heappop(self._retry_heap)
             items.append((rollout, attempt))
-        while free > len(items) and not self._source_done:
+        if free > len(items) and worker.warm and len(self._kinds_seen) > 1:
+            items += self._take_matching(free - len(items), worker.warm)
+        while free > len(items):
+            rollout = self._lookahead.popleft() if self._lookahead else self._next_new()
+            if rollout is None:
+                break
+            items.append((rollout, 1))
+        return items
+
+    def _next_new(self) -> Rollout | None:
+        """The next rollout from the task stream that still has to run."""
+        while not self._source_done:
             rollout = next(self.source, None)
             if rollout is None:
                 self._source_done = True
@@ -256,8 +273,27 @@ class Scheduler:
             if rollout.rollout_key in self.skip_keys:
                 continue
             self._check_spec(rollout)
-            items.append((rollout, 1))
-        return items
+            if self.config.warm_per_slot > 0:
+                self._kinds_seen.add(spec_key(rollout))
+            return rollout
+        return None
+
+    def _take_matching(self, free: int, warm: dict[str, int]) -> list[tuple[Rollout, int]]:
+        """Prefer rollouts whose sandbox kind this worker has warm (mixed-image runs)."""
+        while len(self._lookahead) < 4 * self.config.concurrency:
+            rollout = self._next_new()
+            if rollout is None:
+                break
+            self._lookahead.append(rollout)
+        taken, kept = [], collections.deque()
+        for rollout in self._lookahead:
+            if len(taken) < free and warm.get(spec_key(rollout), 0) > 0:
+                warm[spec_key(rollout)] -= 1
+                taken.append((rollout, 1))
+            else:
+                kept.append(rollout)
+        self._lookahead = kept
+        return taken
 
     def _check_spec(self, rollout: Rollout) -> None:
         spec = sandbox_spec(rollout, RolloutConfig(**self.config.rollout), 1.0)
@@ -268,7 +304,7 @@ class Scheduler:
             raise RunAborted(f"task {rollout.task.slug!r}{line}: {exc}") from None
 
     def _idle(self) -> bool:
-        return (self._source_done and not self._retry_heap
+        return (self._source_done and not self._retry_heap and not self._lookahead
                 and all(not w.inflight and w.step_ref is None for w in self.workers))
 
     # --- harvest -----------------------------------------------------------------------
@@ -289,6 +325,7 @@ class Scheduler:
                 continue
             for row in reply["rows"]:
                 self._land(row, worker.inflight.pop(row["rollout_key"], None))
+            worker.warm = reply.get("warm", {})
             for key, phase in reply.get("phases", {}).items():
                 if key in worker.inflight:
                     worker.inflight[key].phase = phase

@@ -36,3 +36,29 @@ def test_cold_without_warm(ray_local, tmp_path):
                             out=tmp_path / "runs", progress=False, warm=0,
                             account=f"cold-{uuid.uuid4().hex[:6]}", cold_start_s="0.3")
     assert all(r["provision_s"] > 0 and r["ready_s"] >= 0.25 for r in table.to_pylist())
+
+
+
+def test_scheduler_prefers_rollouts_matching_a_workers_warm_kind(tmp_path):
+    """Unit level (no Ray): with mixed sandbox kinds, a worker reporting warm kind-b
+    sandboxes gets kind-b rollouts first; the others keep their order."""
+    from hud_ray.results import ResultWriter
+    from hud_ray.scheduler import Scheduler, SchedulerConfig, _Worker
+    from hud_ray.tasks import expand, tasks_from
+    from hud_ray.warm import spec_key
+    from providers import get_provider
+
+    rows = [{"env": "ab"[i % 2], "id": "t", "args": {"i": i}} for i in range(12)]
+    rollouts = expand(tasks_from(rows))
+    config = SchedulerConfig(run_id="u", provider="sim", agent="nop", concurrency=4,
+                             warm_per_slot=1.0)
+    sink = ResultWriter(tmp_path / "u", config={})
+    scheduler = Scheduler(config, rollouts, sink, get_provider("sim"))
+    first = scheduler._take(2, _Worker(0, None, 2, "w0"))  # no warm: plain order
+    assert [r.task.env for r, _ in first] == ["a", "b"]
+    kind_b = spec_key(first[1][0])
+    picked = scheduler._take(3, _Worker(1, None, 3, "w1", warm={kind_b: 2}))
+    assert [r.task.env for r, _ in picked] == ["b", "b", "a"]
+    assert [r.task.args["i"] for r, _ in picked] == [3, 5, 2]
+    rest = scheduler._take(20, _Worker(2, None, 20, "w2"))
+    assert [r.task.args["i"] for r, _ in rest] == [4, 6, 7, 8, 9, 10, 11]
