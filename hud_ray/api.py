@@ -32,7 +32,15 @@ from providers import get_provider
 log = logging.getLogger("hud_ray")
 
 # Environment variables a worker process must see as the driver does.
-FORWARDED_ENV = ("HUD_RAY_STATE_DIR", "HUD_API_KEY", "PYTHONPATH")
+# Environment variables a worker process must see as the driver does (Ray workers on a
+# running cluster inherit the raylet's environment, not the driver's). Credentials travel
+# in the actor's creation arguments, never in results or logs.
+FORWARDED_ENV = (
+    "HUD_RAY_STATE_DIR", "HUD_API_KEY", "PYTHONPATH",
+    "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_ENVIRONMENT", "MODAL_SERVER_URL",
+    "MODAL_PROFILE", "DAYTONA_API_KEY", "DAYTONA_API_URL", "DAYTONA_TARGET",
+    "DAYTONA_JWT_TOKEN", "DAYTONA_ORGANIZATION_ID",
+)
 
 
 def ensure_ray(address: str | None = None) -> None:

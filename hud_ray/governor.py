@@ -26,6 +26,7 @@ from typing import Any
 import ray
 from pydantic import BaseModel
 
+from hud_ray.metrics import record_governor
 from providers import Provider, QuotaError, SandboxHandle, SandboxSpec, get_provider
 
 log = logging.getLogger("hud_ray.governor")
@@ -59,11 +60,14 @@ class LedgerEntry:
 
 class GovernorImpl:
     def __init__(self, provider: str, provider_options: dict[str, Any],
-                 policy: dict[str, Any], env_vars: dict[str, str] | None = None) -> None:
+                 policy: dict[str, Any], env_vars: dict[str, str] | None = None,
+                 account: str = "default") -> None:
         import os
 
         os.environ.update(env_vars or {})  # e.g. the state dir its provider reaps in
         self.provider_name = provider
+        self.account = account
+        self._throttled_unreported = 0
         self.provider_options = provider_options
         self.policy = GovernorPolicy(**policy)
         self.rate = self.policy.create_rate
@@ -105,8 +109,10 @@ class GovernorImpl:
                     self.ledger[entry.name] = entry
                     self.run_seen.setdefault(entry.run_id, time.monotonic())
                 self.counters["granted"] += grant
+                self._report()
                 return grant
             self.counters["throttled"] += 1
+            self._throttled_unreported += 1
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return 0
@@ -129,6 +135,12 @@ class GovernorImpl:
             self.tokens = min(self.tokens, 1.0)
         if destroyed:
             self._changed.set()
+        self._report()
+
+    def _report(self) -> None:
+        record_governor(self.provider_name, self.account, self._throttled_unreported,
+                        len(self.ledger), self.rate)
+        self._throttled_unreported = 0
 
     # --- runs and workers ------------------------------------------------------------
     async def heartbeat(self, run_id: str) -> None:
@@ -224,7 +236,8 @@ def get_governor(provider: Provider, provider_options: dict[str, Any],
     return Governor.options(
         name=governor_name(provider.name, provider.account()), namespace=NAMESPACE,
         lifetime="detached", get_if_exists=True,
-    ).remote(provider.name, provider_options, {**defaults, **(policy or {})}, env_vars)
+    ).remote(provider.name, provider_options, {**defaults, **(policy or {})}, env_vars,
+             provider.account())
 
 
 class GovernorClient:

@@ -67,11 +67,13 @@ class Prepared(BaseModel):
 class RolloutFailure(Exception):
     """Internal: ends the phases early with a classified status."""
 
-    def __init__(self, status: Status, exc: BaseException | str, *, fatal: bool = False) -> None:
+    def __init__(self, status: Status, exc: BaseException | str, *, fatal: bool = False,
+                 error_type: str | None = None) -> None:
         message = exc if isinstance(exc, str) else f"{exc}"
         super().__init__(message)
         self.status = status
-        self.error_type = "RolloutFailure" if isinstance(exc, str) else type(exc).__name__
+        self.error_type = error_type or (
+            "RolloutFailure" if isinstance(exc, str) else type(exc).__name__)
         self.fatal = fatal
 
 
@@ -225,7 +227,8 @@ class RolloutRunner:
         except RemoteError as exc:
             raise RolloutFailure(Status.ENV_ERROR, exc) from None
         except WireError as exc:
-            raise RolloutFailure(Status.INFRA_ERROR, await self._with_output(exc)) from None
+            raise RolloutFailure(Status.INFRA_ERROR, await self._with_output(exc),
+                                 error_type=type(exc).__name__) from None
 
     async def _start(self) -> None:
         assert self.client is not None
@@ -281,7 +284,8 @@ class RolloutRunner:
         if isinstance(exc, ProtocolError):  # includes RemoteError: the env said no
             return RolloutFailure(Status.ENV_ERROR, exc)
         if isinstance(exc, TransportError):
-            return RolloutFailure(Status.INFRA_ERROR, await self._with_output(exc))
+            return RolloutFailure(Status.INFRA_ERROR, await self._with_output(exc),
+                                  error_type=type(exc).__name__)
         return RolloutFailure(Status.TIMEOUT, exc)
 
     async def _with_output(self, exc: Exception) -> str:

@@ -38,7 +38,7 @@ from hud_ray.schema import RETRYABLE, Status
 from hud_ray.tasks import Rollout
 from hud_ray.warm import spec_key
 from hud_ray.worker import RolloutWorker
-from providers import Provider, UnsupportedSpecError
+from providers import Provider, UnsupportedSpecError, get_provider
 
 log = logging.getLogger("hud_ray.scheduler")
 
@@ -220,11 +220,16 @@ class Scheduler:
             import asyncio
 
             async def go() -> None:
-                for label in labels:
-                    try:
-                        await self.provider.reap(label)
-                    except Exception as exc:  # the reaper CLI can finish the job later
-                        log.warning("reap %s failed: %s", label, exc)
+                # A provider of its own: SDK clients belong to the loop that made them.
+                provider = get_provider(self.config.provider, **self.config.provider_options)
+                try:
+                    for label in labels:
+                        try:
+                            await provider.reap(label)
+                        except Exception as exc:  # the reaper CLI can finish the job later
+                            log.warning("reap %s failed: %s", label, exc)
+                finally:
+                    await provider.close()
 
             asyncio.run(go())
 

@@ -18,6 +18,7 @@ from typing import Any
 import ray
 
 from hud_ray.agents import resolve_agent
+from hud_ray.metrics import record_live, record_row
 from hud_ray.rollout import RolloutConfig, RolloutRunner, rollout_labels
 from hud_ray.schema import Status
 from hud_ray.tasks import Rollout
@@ -103,10 +104,13 @@ class RolloutWorkerImpl:
         except Exception as exc:  # a bug in our own code: still a row, never lost
             result = runner.result_as(Status.INFRA_ERROR, f"worker error: {type(exc).__name__}: {exc}")
         row = result.to_row()
+        record_row(row)
         row["_fatal"] = result.fatal
         self._done.append(row)
         self._running.pop(rollout.rollout_key, None)
         self._runners.pop(rollout.rollout_key, None)
+        warm = sum(self.pool.counts().values()) if self.pool is not None else 0
+        record_live(self.worker_id, self.provider.name, len(self._running) + warm)
         self._wake.set()
 
     async def shutdown(self, timeout_s: float = 60.0) -> list[dict[str, Any]]:
