@@ -9,6 +9,8 @@ three typed errors, so a rollout can classify it:
 - `WireTimeout`: no reply within the call's timeout (also a `TimeoutError`).
 - `ProtocolError`: the peer spoke, but wrongly (garbage, oversized frame, bad shape);
   `RemoteError` is its subclass for a JSON-RPC error object returned by the env.
+
+Framing and the error classes live in `hud_ray.wire_frames`; import them from here.
 """
 
 from __future__ import annotations
@@ -16,108 +18,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-FRAME_LIMIT_BYTES = 16 * 1024 * 1024
-# The StreamReader buffer must hold a whole frame plus its newline.
-_READER_LIMIT = FRAME_LIMIT_BYTES + 1
+from hud_ray.wire_frames import (
+    FRAME_LIMIT_BYTES,
+    FrameTooLarge,
+    ProtocolError,
+    RemoteError,
+    TransportError,
+    WireError,
+    WireTimeout,
+    _restate,
+    _short,
+    _unwrap,
+    encode_frame,
+    open_stream,
+    parse_url,
+    read_frame,
+)
 
-
-class WireError(Exception):
-    """Base class of every wire failure."""
-
-
-class TransportError(WireError):
-    """Connection refused, reset or closed by the peer."""
-
-
-class WireTimeout(WireError, TimeoutError):
-    """No reply in time."""
-
-
-class ProtocolError(WireError):
-    """The peer sent something that is not valid protocol."""
-
-
-class FrameTooLarge(ProtocolError):
-    """A frame over FRAME_LIMIT_BYTES, in either direction."""
-
-
-class RemoteError(ProtocolError):
-    """The env answered with a JSON-RPC error object."""
-
-    def __init__(self, method: str, code: int, message: str) -> None:
-        super().__init__(f"{method}: env error {code}: {message}")
-        self.method = method
-        self.code = code
-        self.remote_message = message
-
-
-def encode_frame(message: dict[str, Any]) -> bytes:
-    """Compact JSON + newline; refuses frames over the limit before anything is sent."""
-    try:
-        data = json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
-    except (TypeError, ValueError) as exc:
-        raise ProtocolError(f"cannot encode frame: {exc}") from None
-    if len(data) > FRAME_LIMIT_BYTES:
-        what = message.get("method", "response")
-        raise FrameTooLarge(
-            f"{what} frame is {len(data)} bytes; the limit is {FRAME_LIMIT_BYTES} bytes"
-        )
-    return data + b"\n"
-
-
-async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
-    """One frame, or None at EOF. The reader must have been opened with _READER_LIMIT."""
-    try:
-        line = await reader.readuntil(b"\n")
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial.strip():
-            raise TransportError("connection closed in the middle of a frame") from None
-        return None
-    except asyncio.LimitOverrunError:
-        raise FrameTooLarge(f"incoming frame exceeds {FRAME_LIMIT_BYTES} bytes") from None
-    except (ConnectionError, OSError) as exc:
-        raise TransportError(f"connection broke: {exc!r}") from None
-    if len(line) - 1 > FRAME_LIMIT_BYTES:
-        raise FrameTooLarge(f"incoming frame is {len(line) - 1} bytes")
-    try:
-        message = json.loads(line)
-    except ValueError:
-        raise ProtocolError(f"not JSON: {line[:120]!r}") from None
-    if not isinstance(message, dict):
-        raise ProtocolError(f"frame is not a JSON object: {line[:120]!r}")
-    return message
-
-
-async def open_stream(
-    host: str, port: int, *, preamble: bytes | None = None, timeout_s: float = 10.0
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """TCP connection with a frame-sized buffer; sends `preamble` (gate secret) first."""
-    try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, limit=_READER_LIMIT), timeout_s
-        )
-    except TimeoutError:
-        raise WireTimeout(f"connect to {host}:{port} timed out after {timeout_s:.1f}s") from None
-    except OSError as exc:
-        raise TransportError(f"connect to {host}:{port} failed: {exc}") from None
-    if preamble:
-        writer.write(preamble)
-    return reader, writer
-
-
-def parse_url(url: str) -> tuple[str, int]:
-    if not url.startswith("tcp://"):
-        raise ValueError(f"endpoint must be tcp://host:port, got {url!r}")
-    host, sep, port = url[len("tcp://") :].rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"endpoint must be tcp://host:port, got {url!r}")
-    return host.strip("[]"), int(port)
+__all__ = [
+    "FRAME_LIMIT_BYTES", "EnvClient", "FrameTooLarge", "ProtocolError", "RemoteError",
+    "TransportError", "TunnelForwarder", "WireError", "WireTimeout", "encode_frame",
+    "open_stream", "open_tunnel", "parse_url", "read_frame", "splice",
+]
 
 
 class EnvClient:
@@ -338,35 +265,6 @@ class EnvClient:
             await asyncio.sleep(every_s)
             with contextlib.suppress(WireError):
                 await self.call("hello", {"session_id": self.session_id}, self.call_timeout_s)
-
-
-def _restate(exc: WireError, method: str) -> WireError:
-    """The same failure, re-raised for another call (RemoteError keeps its code)."""
-    if isinstance(exc, RemoteError):
-        return RemoteError(exc.method, exc.code, exc.remote_message)
-    return type(exc)(f"{method}: {exc}")
-
-
-def _unwrap(method: str, reply: dict[str, Any]) -> dict[str, Any]:
-    if "error" in reply and reply["error"] is not None:
-        err = reply["error"]
-        if not isinstance(err, dict):
-            raise ProtocolError(f"{method}: malformed error object {err!r}")
-        return _raise_remote(method, err)
-    result = reply.get("result")
-    if not isinstance(result, dict):
-        raise ProtocolError(f"{method}: reply has no result object: {_short(reply)}")
-    return result
-
-
-def _raise_remote(method: str, err: dict[str, Any]) -> dict[str, Any]:
-    code = err.get("code")
-    raise RemoteError(method, code if isinstance(code, int) else -32000, str(err.get("message")))
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 200 else text[:200] + "…"
 
 
 async def open_tunnel(
