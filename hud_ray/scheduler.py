@@ -41,6 +41,7 @@ from hud_ray.worker import RolloutWorker
 from providers import Provider, UnsupportedSpecError, get_provider
 
 log = logging.getLogger("hud_ray.scheduler")
+SLOT_RESOURCE = "sandbox_slots"
 
 
 class RunAborted(RuntimeError):
@@ -129,6 +130,7 @@ class Scheduler:
         self._stop = threading.Event()
         self._reapers: list[threading.Thread] = []
         self.governor: Any = None
+        self._has_slots: bool | None = None
         self._last_heartbeat = 0.0
 
     # --- public --------------------------------------------------------------------------
@@ -174,14 +176,23 @@ class Scheduler:
 
     def _new_worker(self, index: int, slots: int) -> _Worker:
         worker_id = f"w{index}-{uuid.uuid4().hex[:6]}"
+        # On a cluster that declares sandbox slots (cluster.yaml: `sandbox_slots`), workers
+        # are placed by slots, not CPUs: a node holds as many sandboxes as it declares.
+        resources = {SLOT_RESOURCE: slots} if self._cluster_has_slots() else {}
         actor = RolloutWorker.options(
-            name=None, scheduling_strategy="SPREAD", num_cpus=0, max_concurrency=max(8, slots * 2)
+            name=None, scheduling_strategy="SPREAD", num_cpus=0, resources=resources,
+            max_concurrency=max(8, slots * 2),
         ).remote(
             worker_id, self.config.provider, self.config.provider_options, self.config.agent,
             {**self.config.rollout, "run_id": self.config.run_id}, slots, self.config.env_vars,
             self.config.governor, math.ceil(slots * self.config.warm_per_slot),
         )
         return _Worker(index=index, actor=actor, slots=slots, worker_id=worker_id)
+
+    def _cluster_has_slots(self) -> bool:
+        if self._has_slots is None:
+            self._has_slots = ray.cluster_resources().get(SLOT_RESOURCE, 0) > 0
+        return self._has_slots
 
     def _replace(self, worker: _Worker, error: Exception | str,
                  overdue: set[str] | None = None) -> None:
