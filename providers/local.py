@@ -20,11 +20,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import psutil
 from pydantic import BaseModel, ConfigDict, Field
 
 from .base import Capabilities, Endpoint, Provider, SandboxHandle, SandboxSpec
 from .errors import CreateError, NotReadyError, ProviderConfigError
+from .local_zygote import ForkedProcess, ZygotePool
 
 PORT_LINE = "HUD_SERVE_PORT="
 DEFAULT_COMMAND = "{python} -m hud_ray.envkit {env_file} --host 127.0.0.1 --port 0"
@@ -45,17 +45,22 @@ class LocalOptions(BaseModel):
     state_dir: str | None = None
     kill_grace_s: float = 2.0
     output_lines: int = 40
+    zygote: bool = Field(
+        True, description="fork env servers from a process that already imported the env "
+        "(envkit or hud's server commands only; anything else runs as a plain subprocess)")
 
 
 class _Proc:
     """Runtime state of one env process owned by this provider instance."""
 
     def __init__(
-        self, process: asyncio.subprocess.Process, keep_lines: int, handle: SandboxHandle
+        self, process: asyncio.subprocess.Process | ForkedProcess, keep_lines: int,
+        handle: SandboxHandle,
     ) -> None:
         self.process = process
         self.handle = handle
         self.lines: collections.deque[str] = collections.deque(maxlen=keep_lines)
+        self.lines.extend(getattr(process, "preload_lines", ()))  # printed in the zygote
         self.port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.pump = asyncio.create_task(self._read_output())
 
@@ -95,6 +100,7 @@ class LocalProvider(Provider):
         self.options: LocalOptions
         self.state_dir = Path(self.options.state_dir) if self.options.state_dir else default_state_dir()
         self._procs: dict[str, _Proc] = {}
+        self._zygotes = ZygotePool(self.options.output_lines)
 
     def check_config(self) -> None:
         opts = self.options
@@ -139,7 +145,10 @@ class LocalProvider(Provider):
         env = {**os.environ, **spec.env_vars, "PYTHONUNBUFFERED": "1"}
         self._write_ledger(handle)
         try:
-            process = await asyncio.create_subprocess_exec(
+            process: asyncio.subprocess.Process | ForkedProcess | None = None
+            if self.options.zygote:  # None when the command is not one a zygote can fork
+                process = await self._zygotes.spawn(argv, env, self.options.cwd, 1 << 20)
+            process = process or await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
@@ -236,9 +245,10 @@ class LocalProvider(Provider):
             await self._stop_group(proc.process)
             proc.pump.cancel()
             self._drop_ledger(sandbox_id)
+        await self._zygotes.close()  # after the envs: their exits are reported through it
 
     # --- processes -----------------------------------------------------------------
-    async def _stop_group(self, process: asyncio.subprocess.Process) -> None:
+    async def _stop_group(self, process: asyncio.subprocess.Process | ForkedProcess) -> None:
         if process.returncode is None:
             _signal_group(process.pid, signal.SIGTERM)
             try:
@@ -281,22 +291,34 @@ class LocalProvider(Provider):
         return entries
 
 
-def _start_time(pid: int) -> float | None:
+def _create_time(pid: int) -> float | None:
+    """The process's start time, None if it is gone (or unknowable).
+
+    psutil (a hud_ray dependency) is imported here, not at the top, so `providers.local`
+    also runs inside hud's own venv, which lacks it; there the ledger has no start time
+    and `reap` cannot tell a recycled PID from ours (it then trusts the PID)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
     try:
         return psutil.Process(pid).create_time()
     except psutil.Error:
         return None
 
 
+def _start_time(pid: int) -> float | None:
+    return _create_time(pid)
+
+
 def _is_ours_alive(data: dict[str, Any]) -> bool:
     pid, started = data.get("pid"), data.get("started")
     if not pid:
         return False
-    try:
-        proc = psutil.Process(pid)
-        return started is None or abs(proc.create_time() - started) < 0.01
-    except psutil.Error:
+    created = _create_time(pid)
+    if created is None:
         return _group_alive(data.get("pgid") or pid)
+    return started is None or abs(created - started) < 0.01
 
 
 def _group_alive(pgid: int) -> bool:
@@ -311,11 +333,9 @@ def _kill_group_if_ours(data: dict[str, Any]) -> None:
     pid = data.get("pid")
     if not pid:
         return
-    started = data.get("started")
-    try:
-        leader_matches = started is None or abs(psutil.Process(pid).create_time() - started) < 0.01
-    except psutil.Error:
-        leader_matches = True  # leader gone; its group (same id) may still hold children
+    started, created = data.get("started"), _create_time(pid)
+    # A gone leader still matches: its group (same id) may hold children.
+    leader_matches = started is None or created is None or abs(created - started) < 0.01
     if leader_matches:
         _signal_group(data.get("pgid") or pid, signal.SIGKILL)
 
