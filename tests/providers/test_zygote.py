@@ -1,0 +1,399 @@
+"""providers.local's zygote: env servers forked from a process that already imported the env.
+
+Real processes throughout: each sandbox must still be a process of its own, in its own
+process group, gone after destroy; a dead zygote means plain subprocesses, never a failed
+rollout; the ledger reaps zygote children exactly like subprocesses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from hud_ray.agents import Session, resolve_agent
+from hud_ray.rollout import RolloutConfig, run_rollout
+from hud_ray.schema import Status
+from hud_ray.tasks import Rollout, Task, expand, iter_tasks
+from hud_ray.wire import EnvClient
+from providers import LABEL_RUN, SandboxHandle, SandboxSpec, sandbox_name
+from providers.local import LocalProvider
+from providers.zygote import recognise
+
+from ..fakes.procs import DEMO_ENV, DEMO_TASKS, ENVS, REPO, alive, async_wait_until, wait_gone
+
+PY = sys.executable
+
+
+class Recording(LocalProvider):
+    """The real local provider; it also remembers each env server's PID and parent PID."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.pids: list[int] = []
+        self.parents: list[int] = []
+
+    async def create(self, spec: SandboxSpec, labels: dict[str, str]) -> SandboxHandle:
+        handle = await super().create(spec, labels)
+        self.pids.append(handle.data["pid"])
+        self.parents.append(psutil.Process(handle.data["pid"]).ppid())
+        return handle
+
+
+def spec(key: str) -> SandboxSpec:
+    return SandboxSpec(name=sandbox_name("zy", key, 1))
+
+
+def demo_rollouts(n: int) -> list[Rollout]:
+    """The first `n` demo rollouts the rule agent solves (kv_lookup ones use a tunnel)."""
+    solvable = (r for r in expand(iter_tasks(DEMO_TASKS)) if r.task.id != "riddle")
+    return list(itertools.islice(solvable, n))
+
+
+async def hello(url: str) -> str:
+    client = await EnvClient.connect(url, ready_timeout_s=10, heartbeat_s=None)
+    name = client.env_info["name"]
+    await client.bye()
+    return name
+
+
+def zygote_of(provider: LocalProvider) -> psutil.Process:
+    """The provider's one zygote (a child of this test process running zygote.py)."""
+    found = [p for p in psutil.Process().children()
+             if any(a.endswith("providers/zygote.py") for a in p.cmdline())
+             and p.pid in {q.ppid() for q in map(psutil.Process, provider.alive_pids())}]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def open_files(pid: int) -> set[str]:
+    """The sockets and pipes the process's fds point at ('socket:[123]', 'pipe:[456]')."""
+    links = {os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()}
+    return {link for link in links if link.startswith(("socket:", "pipe:"))}
+
+
+# --- which commands a zygote stands in for ---------------------------------------------
+
+
+def test_recognised_commands_and_everything_else_runs_as_written():
+    envkit = recognise([PY, "-m", "hud_ray.envkit", "/e.py", "--host", "127.0.0.1", "--port", "0"])
+    assert envkit and (envkit.kind, envkit.env_file, envkit.env_name) == ("envkit", "/e.py", None)
+    hud = recognise(["env", "HUD_API_KEY=", "A=b=c", "/v/bin/python", "-m", "hud.environment.server",
+                     "/e.py", "--env=probe", "--port", "0"])
+    assert hud and (hud.kind, hud.python, hud.env_name) == ("hud", "/v/bin/python", "probe")
+    assert hud.env_assign == (("HUD_API_KEY", ""), ("A", "b=c"))
+    for argv in (
+        ["sh", "-c", f"{PY} -m hud_ray.envkit /e.py --port 0"],  # a shell decides
+        [PY, "-m", "hud_ray.envkit", "/e.py", "--port", "8000"],  # a fixed port
+        [PY, "-m", "hud_ray.envkit", "/e.py", "--reload"],  # an option we do not know
+        [PY, "-u", "-m", "hud_ray.envkit", "/e.py"],  # interpreter flags
+        [PY, "-m", "other.server", "/e.py"],
+        ["env", "-i", PY, "-m", "hud_ray.envkit", "/e.py"],
+        [PY, "-m", "hud_ray.envkit"],  # no env file
+    ):
+        assert recognise(argv) is None, argv
+
+
+# --- envkit ---------------------------------------------------------------------------------
+
+
+def test_twenty_concurrent_rollouts_each_get_a_forked_process_of_their_own(tmp_path):
+    provider = Recording(env_file=str(DEMO_ENV), state_dir=str(tmp_path))
+    rollouts = demo_rollouts(20)
+
+    async def main():
+        agent = resolve_agent("rule")
+        config = RolloutConfig(run_id="zy20", deadline_s=60)
+        rows = await asyncio.gather(*(run_rollout(r, agent, provider, config) for r in rollouts))
+        await provider.close()
+        return rows
+
+    rows = asyncio.run(main())
+    assert [(r.status, r.reward) for r in rows] == [(Status.OK, 1.0)] * 20, \
+        [r.error_message for r in rows if r.status is not Status.OK]
+    assert {r.template_id for r in rows} >= {"count", "kv_lookup"}
+    assert len(set(provider.pids)) == 20
+    # all forked by one zygote (a child of ours), none spawned by us
+    assert len(set(provider.parents)) == 1 and provider.parents[0] != os.getpid()
+    wait_gone(provider.pids, timeout_s=15)
+    wait_gone(provider.parents, timeout_s=10)  # close() ended the zygote too
+    assert not list(tmp_path.glob("*.json"))
+
+
+WITH_HELPER = textwrap.dedent("""
+    import subprocess
+    from hud_ray.envkit import Environment
+
+    env = Environment("with-helper")
+
+    @env.on_start
+    async def start_helper() -> None:
+        helper = subprocess.Popen(["sleep", "60"])  # in the env server's process group
+        print(f"HELPER={helper.pid}", flush=True)
+
+    @env.template(id="noop")
+    async def noop():
+        yield "nothing"
+        yield 1.0
+""")
+
+
+def test_each_forked_sandbox_is_its_own_session_and_group_and_destroy_kills_the_group(tmp_path):
+    env_file = tmp_path / "with_helper.py"
+    env_file.write_text(WITH_HELPER)
+    provider = LocalProvider(env_file=str(env_file), state_dir=str(tmp_path), kill_grace_s=1.0)
+
+    async def main():
+        handles = [await provider.create(spec(f"g{i}"), {LABEL_RUN: "g"}) for i in range(3)]
+        for handle in handles:
+            assert await hello((await provider.ready(handle, 20)).url) == "with-helper"
+        pids = [h.data["pid"] for h in handles]
+        zygote = zygote_of(provider)
+        for pid in pids:
+            assert os.getpgid(pid) == pid and os.getsid(pid) == pid
+            assert psutil.Process(pid).ppid() == zygote.pid
+            # none of the zygote's sockets or pipes leaked into the sandbox
+            assert not open_files(pid) & open_files(zygote.pid)
+        # the env's own child is in its group: destroy kills it too
+        tail = await provider.diagnostics(handles[0])
+        helper = int(next(line for line in tail.splitlines() if line.startswith("HELPER="))[7:])
+        assert os.getpgid(helper) == pids[0]
+        await provider.destroy(handles[0])
+        await async_wait_until(lambda: not alive(helper), 10, "the env's helper to be killed")
+        assert all(alive(p) for p in pids[1:]) and zygote.is_running()
+        await provider.close()
+        return pids, zygote.pid
+
+    pids, zygote_pid = asyncio.run(main())
+    wait_gone([*pids, zygote_pid])
+
+
+def test_a_killed_zygote_means_plain_subprocesses_and_live_sandboxes_carry_on(tmp_path, caplog):
+    provider = Recording(env_file=str(DEMO_ENV), state_dir=str(tmp_path), kill_grace_s=1.0)
+    caplog.set_level(logging.WARNING, logger="providers.local")
+
+    async def main():
+        first = await provider.create(spec("before"), {LABEL_RUN: "k"})
+        url = (await provider.ready(first, 20)).url
+        zygote = zygote_of(provider)
+        zygote.kill()
+        zygote.wait(10)
+        assert await hello(url) == "demo"  # the forked sandbox outlives its zygote
+        agent, config = resolve_agent("rule"), RolloutConfig(run_id="after", deadline_s=60)
+        rows = await asyncio.gather(*(run_rollout(r, agent, provider, config)
+                                      for r in demo_rollouts(3)))
+        await provider.destroy(first)  # no zygote to report its exit: polled instead
+        assert not alive(first.data["pid"])
+        await provider.close()
+        return rows, zygote.pid
+
+    rows, zygote_pid = asyncio.run(main())
+    assert [r.status for r in rows] == [Status.OK] * 3, [r.error_message for r in rows]
+    assert provider.parents[0] == zygote_pid
+    assert provider.parents[1:] == [os.getpid()] * 3  # plain subprocesses from now on
+    warnings = [r for r in caplog.records if "zygote" in r.getMessage()]
+    assert len(warnings) == 1 and "plain subprocesses" in warnings[0].getMessage()
+    wait_gone(provider.pids)
+
+
+def test_zygote_off_or_an_unrecognised_command_starts_plain_subprocesses(tmp_path):
+    command = "{python} -m hud_ray.envkit {env_file} --port 0 --env demo"
+    providers = [Recording(env_file=str(DEMO_ENV), state_dir=str(tmp_path), zygote=False),
+                 Recording(env_file=str(DEMO_ENV), state_dir=str(tmp_path),
+                           command=f"sh -c 'exec {command}'")]
+
+    async def main():
+        for i, provider in enumerate(providers):
+            handle = await provider.create(spec(f"plain{i}"), {LABEL_RUN: "p"})
+            assert await hello((await provider.ready(handle, 20)).url) == "demo"
+            await provider.close()
+
+    asyncio.run(main())
+    assert [p.parents for p in providers] == [[os.getpid()], [os.getpid()]]
+    wait_gone([p.pids[0] for p in providers])
+
+
+CRASHING_OWNER = textwrap.dedent("""
+    import asyncio, os, sys, psutil
+    from providers import SandboxSpec, LABEL_RUN
+    from providers.local import LocalProvider
+
+    async def main():
+        provider = LocalProvider(env_file=sys.argv[1], state_dir=sys.argv[2])
+        handle = await provider.create(SandboxSpec(name="hudray-zy-crash"), {LABEL_RUN: "doomed"})
+        await provider.ready(handle, 20)
+        pid = handle.data["pid"]
+        print(pid, psutil.Process(pid).ppid(), flush=True)
+        os._exit(9)  # the owner dies without any cleanup
+
+    asyncio.run(main())
+""")
+
+
+def test_zygote_dies_with_its_owner_and_reap_kills_the_sandboxes_it_forked(tmp_path):
+    done = subprocess.run([PY, "-c", CRASHING_OWNER, str(DEMO_ENV), str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 9, done.stderr
+    orphan, zygote = map(int, done.stdout.split())
+    wait_gone([zygote])  # EOF on its socket: the zygote does not outlive its owner
+    assert alive(orphan), "a forked env server outlives its crashed owner, like a subprocess"
+
+    reaper = LocalProvider(state_dir=str(tmp_path), command="{python} -c pass")
+    reaped = asyncio.run(reaper.reap({LABEL_RUN: "doomed"}))
+    assert [h.data["pid"] for h in reaped] == [orphan]
+    wait_gone([orphan])
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_reap_kills_zygote_children_a_dropped_provider_left_behind(tmp_path):
+    async def main():
+        owner = Recording(env_file=str(DEMO_ENV), state_dir=str(tmp_path))
+        handles = [await owner.create(spec(f"d{i}"), {LABEL_RUN: "dropped"}) for i in range(2)]
+        for handle in handles:
+            await owner.ready(handle, 20)
+        zygote = owner.parents[0]
+        assert owner.parents == [zygote] * 2 and zygote != os.getpid()
+        del owner, handles  # no destroy, no close: as if its worker had died
+
+        reaper = LocalProvider(state_dir=str(tmp_path), command="{python} -c pass")
+        reaped = await reaper.reap({LABEL_RUN: "dropped"})
+        pids = [h.data["pid"] for h in reaped]
+        assert len(pids) == 2
+        await async_wait_until(lambda: not any(map(alive, pids)), 10, "reaped envs to exit")
+        return pids
+
+    wait_gone(asyncio.run(main()))
+    assert not list(tmp_path.glob("*.json"))
+
+
+# --- envs that never serve: same rows as with subprocesses --------------------------------
+
+
+SERVE_FAILS = textwrap.dedent("""
+    import sys
+    from hud_ray.envkit import Environment
+
+    env = Environment("serve-fails")
+
+    @env.on_start
+    async def open_db() -> None:
+        print("opening /data/app.db", flush=True)
+        print("fatal: /data/app.db is locked", file=sys.stderr, flush=True)
+        sys.exit(4)
+
+    @env.template(id="count")
+    async def count():
+        yield "unreachable"
+        yield 0.0
+""")
+
+
+def _failing_row(env_file: Path, tmp_path: Path, ready_timeout_s: float = 20):
+    provider = Recording(env_file=str(env_file), state_dir=str(tmp_path), kill_grace_s=0.5)
+    rollout = Rollout(task=Task(env="x", id="count"))
+    config = RolloutConfig(deadline_s=60, ready_timeout_s=ready_timeout_s)
+    row = asyncio.run(run_rollout(rollout, resolve_agent("rule"), provider, config))
+    wait_gone(provider.pids)
+    return row, provider
+
+
+def test_forked_env_that_exits_at_once_is_infra_error_with_its_output(tmp_path):
+    env_file = tmp_path / "serve_fails.py"
+    env_file.write_text(SERVE_FAILS)
+    row, provider = _failing_row(env_file, tmp_path)
+    assert provider.parents[0] != os.getpid()  # it was forked
+    assert row.status is Status.INFRA_ERROR
+    assert "code 4" in row.error_message and "opening /data/app.db" in row.error_message
+    assert "fatal: /data/app.db is locked" in row.error_message
+
+
+def test_env_failing_on_import_falls_back_and_is_infra_error_with_its_output(tmp_path):
+    row, provider = _failing_row(ENVS / "exits_at_once.py", tmp_path)
+    assert provider.parents == [os.getpid()]  # the zygote could not load it: a subprocess
+    assert row.status is Status.INFRA_ERROR and "code 3" in row.error_message
+    assert "fatal: /data/fixtures.db: no such file" in row.error_message
+
+
+def test_forked_env_that_never_prints_its_port_is_infra_error_with_its_output(tmp_path):
+    row, provider = _failing_row(ENVS / "never_ready.py", tmp_path, ready_timeout_s=1.5)
+    assert provider.parents[0] != os.getpid()
+    assert row.status is Status.INFRA_ERROR
+    assert "waiting for shard 1" in row.error_message
+
+
+# --- hud's own server, forked ------------------------------------------------------------
+
+
+def hud_python() -> str:
+    for path in (os.environ.get("HUD_PYTHON"), str(REPO / ".venv-hud" / "bin" / "python"),
+                 "/work/hudvenv/bin/python"):
+        if path and os.access(path, os.X_OK):
+            return path
+    pytest.skip("no hud python: set HUD_PYTHON or run `make hud-venv`")
+
+
+HUD_ENV = textwrap.dedent("""
+    import numpy
+    from hud import Environment
+
+    env = Environment("zyhud", version="0.1.0")
+
+    @env.template(id="count", description="Count a letter.")
+    async def count(text: str = "banana", letter: str = "a"):
+        answer = yield f"How many {letter!r} in {text!r}?"
+        # BLAS after fork: numpy started its thread pool in the zygote, before the fork
+        ones = numpy.ones((256, 256)) @ numpy.ones((256, 1))
+        yield 1.0 if int(answer) == text.count(letter) and ones[0, 0] == 256 else 0.0
+""")
+
+
+async def counting_agent(session: Session) -> str:
+    args = session.task.args
+    return str(args["text"].count(args["letter"]))
+
+
+def test_hud_env_server_forked_from_a_zygote_runs_full_rollouts(tmp_path):
+    python = hud_python()
+    env_file = tmp_path / "env_hud.py"
+    env_file.write_text(HUD_ENV)
+    command = (f"env HUD_API_KEY= HUD_CLI_ANALYTICS_ENABLED=false {python} "
+               "-m hud.environment.server {env_file} --port 0")
+    provider = Recording(env_file=str(env_file), command=command, state_dir=str(tmp_path / "l"),
+                         kill_grace_s=2.0)
+    words = ["banana", "cherry", "kiwi", "papaya"]
+    rollouts = [Rollout(task=Task(env="zyhud", id="count", args={"text": w, "letter": "a"}))
+                for w in words]
+
+    async def main():
+        config = RolloutConfig(deadline_s=120, ready_timeout_s=90)
+        rows = await asyncio.gather(*(run_rollout(r, counting_agent, provider, config)
+                                      for r in rollouts))
+        await provider.close()
+        return rows
+
+    rows = asyncio.run(main())
+    assert [(r.status, r.reward) for r in rows] == [(Status.OK, 1.0)] * 4, rows[0].error_message
+    assert len(set(provider.pids)) == 4 and len(set(provider.parents)) == 1
+    zygote = provider.parents[0]
+    assert zygote != os.getpid()
+    wait_gone([*provider.pids, zygote], timeout_s=20)
+    assert not list((tmp_path / "l").glob("*.json"))
+
+
+def test_hud_import_starts_no_python_threads_so_forking_it_is_safe():
+    python = hud_python()
+    probe = ("import threading, hud.environment.server; from hud.environment import "
+             "load_environment; print([t.name for t in threading.enumerate()])")
+    out = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "HUD_API_KEY": ""}, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[-2] == "['MainThread']"
