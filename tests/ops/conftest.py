@@ -1,0 +1,247 @@
+"""Helpers for the deployment tests: cluster.yaml checks and a real local Ray head.
+
+`check_cluster_config` is Ray's own offline check (what `ray up` runs before it calls
+the cloud) plus the rules hud-ray needs on top of it. `ray_head` starts a real
+`ray start --head --block` on free ports with its own temp dir, for `ray job submit`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER_YAML = REPO / "cluster.yaml"
+KUBERAY_YAML = REPO / "deploy" / "kuberay.yaml"
+VENV_BIN = Path(sys.executable).parent
+
+# Environment variable names that hold provider credentials (read by the providers).
+CREDENTIAL_NAME = re.compile(r"^[A-Z0-9_]*(SECRET|TOKEN|TOKEN_ID|API_KEY|PASSWORD)$")
+# `NAME=literal` or `NAME: literal` inside a command; `$NAME`-style references are fine.
+CREDENTIAL_ASSIGNMENT = re.compile(
+    r"\b([A-Z0-9_]*(?:SECRET|TOKEN|TOKEN_ID|API_KEY|PASSWORD))\s*[=:]\s*['\"]?(?![$'\"\s])\S")
+
+
+class ClusterConfigError(ValueError):
+    """cluster.yaml would be rejected by `ray up`, or breaks a hud-ray rule."""
+
+
+def check_cluster_config(config: dict[str, Any], ray_version: str) -> dict[str, Any]:
+    """Validate like `ray up` does (no cloud calls), then hud-ray's rules; return the
+    prepared config. Raises ClusterConfigError naming the offending key."""
+    import jsonschema
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    if not isinstance(config.get("provider"), dict) or "type" not in config["provider"]:
+        raise ClusterConfigError("provider.type is missing (e.g. `aws`)")
+    try:
+        prepared = prepare_config(copy.deepcopy(config))
+        validate_config(prepared)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "<top level>"
+        raise ClusterConfigError(f"{where}: {exc.message}") from None
+    except (ValueError, KeyError, TypeError, NotImplementedError) as exc:
+        raise ClusterConfigError(f"ray rejects the config: {exc}") from None
+
+    problems: list[str] = []
+    head = prepared["head_node_type"]
+    for name, node in prepared["available_node_types"].items():
+        lo, hi = node.get("min_workers", 0), node.get("max_workers", 0)
+        if lo > hi:  # Ray only checks the sum of min_workers against the global max
+            problems.append(f"available_node_types.{name}: min_workers {lo} > max_workers {hi}")
+        slots = node["resources"].get("sandbox_slots", 0)
+        if name != head and slots <= 0:
+            problems.append(f"available_node_types.{name}: resources.sandbox_slots must be > 0 "
+                            "(hud-ray's worker actors ask for sandbox_slots; none could run there)")
+    problems += _ray_pin_problems(prepared, ray_version)
+    problems += _start_command_problems(prepared)
+    problems += _literal_secret_problems(config)
+    if problems:
+        raise ClusterConfigError("; ".join(problems))
+    return prepared
+
+
+def _ray_pin_problems(config: dict[str, Any], ray_version: str) -> list[str]:
+    commands = " ".join(config.get("setup_commands", []))
+    pins = set(re.findall(r"ray\[default\]==([0-9][\w.]*)", commands))
+    if not pins:
+        return ["setup_commands: no `ray[default]==X.Y.Z` pin (Ray's AWS default installs a "
+                "nightly wheel)"]
+    if pins != {ray_version}:
+        return [f"setup_commands pin ray {', '.join(sorted(pins))} but this checkout runs ray "
+                f"{ray_version}: the cluster and the driver must run the same Ray"]
+    return []
+
+
+def _start_command_problems(config: dict[str, Any]) -> list[str]:
+    problems = []
+    mounted = {str(k) for k in config.get("file_mounts", {})}
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in config.get(key, []) if "ray start" in c]
+        if not starts:
+            problems.append(f"{key}: no `ray start` command")
+        for command in starts:
+            before = command.split("ray start", 1)[0]
+            if "ulimit -n 65536" not in before:
+                problems.append(f"{key}: `ray start` without `ulimit -n 65536` before it "
+                                "(256 sandboxes a node overrun 1024 file descriptors)")
+            sourced = re.findall(r"(?:^|[;&|]\s*|\s)(?:\.|source)\s+(\S+)", before)
+            if not any(path in mounted for path in sourced):
+                problems.append(f"{key}: `ray start` does not source the credentials file "
+                                f"from file_mounts ({', '.join(sorted(mounted)) or 'none'})")
+    return problems
+
+
+def _literal_secret_problems(config: Any, where: str = "") -> list[str]:
+    """Credential values written into the file. Names only in the message, never values."""
+    problems = []
+    if isinstance(config, dict):
+        for key, value in config.items():
+            path = f"{where}.{key}" if where else str(key)
+            if CREDENTIAL_NAME.match(str(key)) and isinstance(value, str) and value \
+                    and not value.startswith("$"):
+                problems.append(f"{path}: a literal credential value (pass it through the "
+                                "environment / the secrets file)")
+            else:
+                problems += _literal_secret_problems(value, path)
+    elif isinstance(config, list):
+        for i, value in enumerate(config):
+            problems += _literal_secret_problems(value, f"{where}[{i}]")
+    elif isinstance(config, str):
+        for match in CREDENTIAL_ASSIGNMENT.finditer(config):
+            problems.append(f"{where}: sets {match.group(1)} to a literal value (pass it "
+                            "through the environment / the secrets file)")
+    return problems
+
+
+@pytest.fixture
+def cluster_config() -> dict[str, Any]:
+    return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+@pytest.fixture
+def ray_version() -> str:
+    import ray
+
+    return ray.__version__
+
+
+# --- a real local Ray head ----------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str,
+               interval_s: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+@dataclass
+class RayHead:
+    proc: subprocess.Popen
+    dashboard: str  # http://127.0.0.1:PORT
+    env: dict[str, str]  # for `ray job ...` clients: same auth mode, venv on PATH
+    log: Path
+
+    def get(self, path: str, timeout_s: float = 5.0) -> Any:
+        with urllib.request.urlopen(self.dashboard + path, timeout=timeout_s) as resp:
+            return json.loads(resp.read())
+
+    def ray_cli(self, *args: str, timeout_s: float = 120.0,
+                cwd: Path | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([str(VENV_BIN / "ray"), *args], env=self.env, cwd=cwd,
+                              capture_output=True, text=True, timeout=timeout_s)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def ray_head(tmp: Path, *, auth_mode: str = "disabled", extra_env: dict[str, str] | None = None,
+             resources: dict[str, int] | None = None,
+             start_timeout_s: float = 120.0) -> Iterator[RayHead]:
+    """`ray start --head --block` on free ports; stopped by PID (never `ray stop`)."""
+    dash = free_port()
+    env = {**os.environ, **(extra_env or {}), "RAY_AUTH_MODE": auth_mode}
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"  # the job's `hud-ray`
+    env.pop("RAY_ADDRESS", None)
+    temp_dir = tmp / "ray"  # short: Ray's socket paths must stay under 107 bytes
+    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+           f"--port={free_port()}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
+           "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+           f"--dashboard-agent-listen-port={free_port()}",
+           f"--metrics-export-port={free_port()}"]
+    if resources:
+        cmd.append(f"--resources={json.dumps(resources)}")
+    log = tmp / "ray-head.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    head = RayHead(proc, f"http://127.0.0.1:{dash}", env, log)
+    try:
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"ray start exited with {proc.returncode}:\n"
+                                     f"{head.log_tail()}")
+            return _answers(head.dashboard + "/api/version")
+
+        wait_until(up, start_timeout_s, "the Ray dashboard to answer")
+        yield head
+    finally:
+        stop_head(proc)
+
+
+def stop_head(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """SIGTERM the `--block` process (it stops its children); then SIGKILL what is left of
+    the processes it had started, by PID."""
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    _, alive = psutil.wait_procs(family, timeout=5)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    psutil.wait_procs(alive, timeout=5)
