@@ -1,0 +1,1 @@
+"""hud_ray benchmarks: `python -m bench` (see bench/__main__.py and bench/RESULTS.md)."""
