@@ -285,11 +285,6 @@ def hud_rows(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
     python = _hud_python()
     if python is None:
         pytest.skip("no hud python: set HUD_PYTHON or run `make hud-venv`")
-    probe = subprocess.run([python, "-c", "import psutil"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        # providers/local.py imports psutil at module level, and `make hud-venv` installs
-        # hud alone; this skip goes once that import is lazy (or the hud venv has psutil).
-        pytest.skip(f"{python} has no psutil, which providers.local needs to import")
     work = tmp_path_factory.mktemp("hud_side")
     script = work / "hud_side.py"
     script.write_text(HUD_SIDE)
