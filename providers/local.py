@@ -5,6 +5,10 @@ under dash forks rather than execs, so signalling one PID can miss the server). 
 process is written to an on-disk ledger *before* it is awaited, so `reap` finds what a
 killed driver or worker left behind — checked against the process start time, so a
 recycled PID is never killed by mistake.
+
+For envkit's and hud's own server commands the process is forked from a zygote that has
+already imported the env (`local_zygote.py`, option `zygote`): milliseconds instead of a
+fresh interpreter's imports, same isolation (own session and group, same ledger).
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ ZYGOTE_PY = Path(__file__).with_name("zygote.py")
 START_TIMEOUT_S = 120.0  # importing hud costs seconds of CPU; on a loaded node, many
 FORK_TIMEOUT_S = 10.0  # a fork takes milliseconds: no reply in 10 s = a wedged zygote
 MAX_ZYGOTES = 4  # per provider: commands (env names) or environments in use at once
+MAX_STARTS = 8  # more = the command or environment changes per sandbox: no zygote pays
 LOST_EXIT_CODE = -1  # the zygote died before reaping the child: its exit status is lost
 
 
@@ -168,12 +169,15 @@ class Zygote:
             if self.dead:
                 raise ZygoteError(f"zygote exited: {_tail(self.lines)}")
             read_fd, write_fd = os.pipe()
+            pipe = os.fdopen(read_fd, "rb", 0)
             reader = asyncio.StreamReader(limit=limit)
             try:
                 transport, _ = await loop.connect_read_pipe(
-                    lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", 0))
+                    lambda: asyncio.StreamReaderProtocol(reader), pipe)
             except BaseException:
-                os.close(read_fd)
+                # Closing the file object (never the raw fd) is idempotent: a transport
+                # made before a cancellation closes the same object again, harmlessly.
+                pipe.close()
                 os.close(write_fd)
                 raise
             reply: asyncio.Future[dict[str, Any]] = loop.create_future()
@@ -285,6 +289,7 @@ class ZygotePool:
         self._zygotes: dict[str, asyncio.Task[Zygote]] = {}
         self._broken: set[str] = set()
         self._warned = False
+        self._starts = 0
 
     async def spawn(self, argv: list[str], env: dict[str, str], cwd: str | None,
                     limit: int) -> ForkedProcess | None:
@@ -320,6 +325,10 @@ class ZygotePool:
                 task.result().abandon()
             task = None
         if task is None:
+            if self._starts >= MAX_STARTS:
+                raise ZygoteError(f"{self._starts} zygotes started already: the command or "
+                                  "environment changes per sandbox")
+            self._starts += 1
             while len(self._zygotes) >= MAX_ZYGOTES:
                 oldest = self._zygotes.pop(next(iter(self._zygotes)))
                 with contextlib.suppress(Exception, asyncio.CancelledError):

@@ -8,7 +8,7 @@ serves fork requests on the inherited socket fd N (newline-delimited JSON):
 
     -> {"op": "fork"}  + the write end of a pipe (SCM_RIGHTS)
     <- {"op": "forked", "pid": P, "start": T} | {"op": "error", "error": "..."}
-    <- {"op": "exit", "pid": P, "code": C}     (asynchronous, once per reaped child)
+    <- {"op": "exit", "pid": P, "code": C, "cpu_s": S}   (asynchronous, per reaped child)
 
 Each child becomes what a fresh subprocess was: its own session and process group
 (pgid = pid), stdout+stderr on the pipe, stdin on /dev/null, none of the zygote's fds, a
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import gc
 import importlib
 import importlib.util
 import json
@@ -202,12 +203,13 @@ class ForkServer:
     def reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
-            self.send({"op": "exit", "pid": pid, "code": os.waitstatus_to_exitcode(status)})
+            self.send({"op": "exit", "pid": pid, "code": os.waitstatus_to_exitcode(status),
+                       "cpu_s": round(usage.ru_utime + usage.ru_stime, 4)})
 
     def child(self, pipe_w: int) -> None:
         code = 70  # EX_SOFTWARE: only if setting the child up failed
@@ -317,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zygote: refusing to fork: threads running after loading the env: {threads}",
               flush=True)
         return 3
+    # Everything loaded so far is shared copy-on-write with every child; a collection in
+    # a child would touch (and so copy) all of it. Frozen objects are never scanned.
+    gc.collect()
+    gc.freeze()
     info = {"pid": os.getpid(), "preload_cpu_s": round(time.process_time() - cpu, 3),
             "native_threads": _native_threads() - 1}
     print(READY_LINE + json.dumps(info), flush=True)

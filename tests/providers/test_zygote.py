@@ -205,6 +205,35 @@ def test_a_killed_zygote_means_plain_subprocesses_and_live_sandboxes_carry_on(tm
     wait_gone(provider.pids)
 
 
+def test_a_create_cancelled_at_any_point_leaves_no_forked_process_behind(tmp_path):
+    provider = LocalProvider(env_file=str(DEMO_ENV), state_dir=str(tmp_path))
+
+    loop_errors: list[dict[str, Any]] = []
+
+    async def main():
+        # e.g. a pipe closed twice shows up only here ("Exception in callback ...")
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: loop_errors.append(ctx))
+        kept = await provider.create(spec("kept"), {LABEL_RUN: "c"})  # the zygote is up
+        zygote = zygote_of(provider)
+        for steps in range(12):  # cancel after 0, 1, 2 ... loop iterations of the create
+            task = asyncio.create_task(provider.create(spec(f"c{steps}"), {LABEL_RUN: "c"}))
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            task.cancel()
+            try:
+                await provider.destroy(await task)  # finished before the cancel landed
+            except asyncio.CancelledError:
+                pass
+        await async_wait_until(lambda: [c.pid for c in zygote.children()] == [kept.data["pid"]],
+                               10, "only the kept sandbox to remain")
+        assert [p.name for p in tmp_path.glob("*.json")] == [f"{kept.sandbox_id}.json"]
+        await provider.close()
+        return kept.data["pid"], zygote.pid
+
+    wait_gone(asyncio.run(main()))
+    assert not loop_errors, loop_errors
+
+
 def test_zygote_off_or_an_unrecognised_command_starts_plain_subprocesses(tmp_path):
     command = "{python} -m hud_ray.envkit {env_file} --port 0 --env demo"
     providers = [Recording(env_file=str(DEMO_ENV), state_dir=str(tmp_path), zygote=False),
@@ -220,6 +249,43 @@ def test_zygote_off_or_an_unrecognised_command_starts_plain_subprocesses(tmp_pat
     asyncio.run(main())
     assert [p.parents for p in providers] == [[os.getpid()], [os.getpid()]]
     wait_gone([p.pids[0] for p in providers])
+
+
+NAMED_BY_ENV = textwrap.dedent("""
+    import os
+    from hud_ray.envkit import Environment
+
+    env = Environment(os.environ.get("ZY_NAME", "unnamed"))  # read at import time
+
+    @env.template(id="noop")
+    async def noop():
+        yield "nothing"
+        yield 1.0
+""")
+
+
+def test_the_env_module_sees_each_sandboxes_environment_at_import(tmp_path, monkeypatch):
+    # One zygote per environment: a different env var means a different zygote, and
+    # past MAX_STARTS of them (a per-sandbox environment) plain subprocesses again.
+    monkeypatch.setattr("providers.local_zygote.MAX_STARTS", 2)
+    env_file = tmp_path / "named.py"
+    env_file.write_text(NAMED_BY_ENV)
+    provider = Recording(env_file=str(env_file), state_dir=str(tmp_path))
+
+    async def main():
+        names = []
+        for i, name in enumerate(["alpha", "beta", "alpha", "gamma"]):
+            sandbox = SandboxSpec(name=sandbox_name("zy", f"n{i}", 1), env_vars={"ZY_NAME": name})
+            handle = await provider.create(sandbox, {LABEL_RUN: "n"})
+            names.append(await hello((await provider.ready(handle, 20)).url))
+        await provider.close()
+        return names
+
+    assert asyncio.run(main()) == ["alpha", "beta", "alpha", "gamma"]
+    alpha, beta, alpha_again, gamma = provider.parents
+    assert alpha == alpha_again and len({alpha, beta, os.getpid()}) == 3
+    assert gamma == os.getpid()  # a third environment: no third zygote
+    wait_gone([*provider.pids, alpha, beta])
 
 
 CRASHING_OWNER = textwrap.dedent("""
@@ -282,6 +348,7 @@ SERVE_FAILS = textwrap.dedent("""
     import sys
     from hud_ray.envkit import Environment
 
+    print("config: /data/app.toml", flush=True)  # printed once, in the zygote
     env = Environment("serve-fails")
 
     @env.on_start
@@ -313,6 +380,8 @@ def test_forked_env_that_exits_at_once_is_infra_error_with_its_output(tmp_path):
     assert provider.parents[0] != os.getpid()  # it was forked
     assert row.status is Status.INFRA_ERROR
     assert "code 4" in row.error_message and "opening /data/app.db" in row.error_message
+    # what importing the env printed (in the zygote) leads its output, as in a fresh process
+    assert row.error_message.index("config: /data/app.toml") < row.error_message.index("opening")
     assert "fatal: /data/app.db is locked" in row.error_message
 
 
