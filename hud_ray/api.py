@@ -52,6 +52,9 @@ def ensure_ray(address: str | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": True,
                               "configure_logging": False}
+    if address == "local":  # a fresh local Ray, never someone else's cluster
+        ray.init(include_dashboard=False, **kwargs)
+        return
     if address:
         ray.init(address=address, **kwargs)
         return
@@ -138,7 +141,7 @@ def plan_run(
         rollout={"deadline_s": timeout_s, "ready_timeout_s": min(ready_timeout_s, timeout_s),
                  "teardown_timeout_s": teardown_timeout_s},
         env_vars={k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
-        governor=_governor_policy(governor),
+        governor=_governor_policy(governor), resume=resume,
         warm_per_slot=(warm if warm is not None
                        else (1.0 if driver_provider.capabilities.warm_ahead else 0.0)),
     )

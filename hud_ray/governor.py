@@ -151,6 +151,16 @@ class GovernorImpl:
         self.finished_runs.add(run_id)
         await self.reap_once()
 
+    async def reap_run(self, run_id: str) -> int:
+        """Destroy every sandbox of `run_id` now: a resumed run's previous driver died
+        and its sandboxes are orphans (the new driver has created none yet)."""
+        self.run_seen.pop(run_id, None)
+        self.finished_runs.add(run_id)
+        try:
+            return await self.reap_once()
+        finally:
+            self.finished_runs.discard(run_id)
+
     async def worker_gone(self, worker_id: str) -> None:
         self.gone_workers.add(worker_id)
         await self.reap_once()

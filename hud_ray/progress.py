@@ -85,6 +85,7 @@ class Progress:
 
     def close(self) -> None:
         if self._bar is not None:
+            self._bar.refresh()  # Live.stop() skips the last refresh in Jupyter
             self._bar.stop()
             self._bar = None
         elif self.enabled:

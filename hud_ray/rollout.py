@@ -251,10 +251,13 @@ class RolloutRunner:
         agent_timeout = self.rollout.task.agent_timeout_s
         try:
             if agent_timeout is not None and agent_timeout < self._remaining():
+                limit = asyncio.timeout(agent_timeout)
                 try:
-                    async with asyncio.timeout(agent_timeout):
+                    async with limit:
                         self.answer = await self.agent(self.session)
                 except TimeoutError:
+                    if not limit.expired():
+                        raise  # the agent's own TimeoutError (an LLM call): agent_error
                     await self._cancel_task()
                     raise RolloutFailure(
                         Status.TIMEOUT, f"agent exceeded agent_config.timeout_seconds={agent_timeout}"

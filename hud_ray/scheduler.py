@@ -69,6 +69,7 @@ class SchedulerConfig(BaseModel):
     governor: dict[str, Any] | None = Field(
         default_factory=dict, description="governor policy overrides; None = no governor")
     heartbeat_s: float = 5.0
+    resume: bool = False
     warm_per_slot: float = 0.0
 
     def worker_count(self) -> int:
@@ -141,6 +142,8 @@ class Scheduler:
 
             self.governor = get_governor(self.provider, self.config.provider_options,
                                          self.config.governor, self.config.env_vars)
+            if self.config.resume:  # what the previous driver left alive is orphaned now
+                ray.get(self.governor.reap_run.remote(self.config.run_id), timeout=300)
         self._spawn_workers()
         try:
             while not self._stop.is_set():

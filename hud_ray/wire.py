@@ -126,6 +126,11 @@ class EnvClient:
                 client._heartbeat_task = asyncio.create_task(client._heartbeat(heartbeat_s))
             return client
 
+    @property
+    def preamble(self) -> bytes | None:
+        """Bytes sent first on every connection to this env (e.g. a token gate's secret)."""
+        return self._preamble
+
     async def close(self) -> None:
         """Drop the connection without ceremony (use `bye` for a polite goodbye)."""
         for task in (self._heartbeat_task, self._reader_task):

@@ -105,7 +105,7 @@ class HudAgentAdapter:
         if session.client is None:
             raise RuntimeError("HudAgentAdapter: this session has no env connection")
         # EnvClient keeps the endpoint's preamble privately; the gateway must send it too.
-        gateway = _Gateway(session.client.url, session.client._preamble)
+        gateway = _Gateway(session.client.url, session.client.preamble)
         await gateway.start()
         try:
             # The env is already serving: a short readiness budget, not hud's 240 s.
