@@ -108,12 +108,17 @@ def plan_run(
     deadline_grace_s: float = 15.0,
     governor: dict[str, Any] | bool | None = True,
     warm: float | None = None,
-    **provider_options: Any,
+    provider_options: dict[str, Any] | None = None,
+    **provider_kwargs: Any,
 ) -> RunPlan:
+    """Validate everything that can fail before a run starts. Provider options come as
+    `provider_options={...}` (names may clash with run settings, e.g. `flush_s`) or,
+    for convenience, as extra keyword arguments."""
     from hud_ray.scheduler import Scheduler, SchedulerConfig
 
     resolve_agent(agent)  # fail here, not in every worker
-    provider_options = _default_provider_options(provider, tasks, provider_options)
+    provider_options = _default_provider_options(
+        provider, tasks, {**provider_kwargs, **(provider_options or {})})
     driver_provider = get_provider(provider, **provider_options)
     driver_provider.check_config()
     if resume and not run_id:

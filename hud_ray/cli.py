@@ -128,8 +128,7 @@ def cmd_run(args: argparse.Namespace, tasks: str, agent: str) -> int:
         out=args.out, run_id=args.run_id, resume=args.resume, workers=args.workers,
         timeout_s=args.timeout, max_attempts=args.max_attempts,
         progress=not args.no_progress, governor=governor_policy(args), warm=args.warm,
-        **_failure_budget(args.max_failures),
-        **parse_options(args.provider_opt),
+        provider_options=parse_options(args.provider_opt), **_failure_budget(args.max_failures),
     )
     print(f"run directory: {plan.run_dir}", file=sys.stderr, flush=True)
     for _ in plan.stream():
