@@ -120,9 +120,8 @@ class Zygote:
     async def start(cls, cmd: ZygoteCommand, env: dict[str, str], cwd: str | None,
                     keep_lines: int) -> Zygote:
         ours, theirs = socket.socketpair()
-        argv = [cmd.python, str(ZYGOTE_PY), f"--kind={cmd.kind}", f"--fd={theirs.fileno()}",
-                f"--env-file={cmd.env_file}", f"--host={cmd.host}",
-                *([f"--env={cmd.env_name}"] if cmd.env_name else []), "--", *cmd.module_args]
+        argv = [cmd.python, str(ZYGOTE_PY), f"--fd={theirs.fileno()}", "--", "-m", cmd.module,
+                *cmd.module_args]
         try:
             # Popen, not asyncio's subprocess: the zygote may outlive the event loop that
             # started it (a provider dropped without close), and an asyncio subprocess

@@ -1,8 +1,8 @@
 """Fork server for the `local` provider: import the env once, fork one env server per rollout.
 
 Started by `providers.local_zygote` with the env command's own python, as
-`<python> zygote.py --kind envkit|hud --fd N --host H [--env NAME] -- <module args>`.
-It imports the env server module and loads the env file (the ≈1.7 CPU-seconds a fresh
+`<python> zygote.py --fd=N -- -m hud_ray.envkit|hud.environment.server ENV_FILE [ARGS]`
+(the real command after `--`, so `ps` shows what it serves — as do its children). It imports the env server module and loads the env file (the ≈1.7 CPU-seconds a fresh
 `python -m hud.environment.server` pays per rollout), prints `ZYGOTE_READY=<json>` and then
 serves fork requests on the inherited socket fd N (newline-delimited JSON):
 
@@ -95,22 +95,22 @@ def recognise(argv: list[str]) -> ZygoteCommand | None:
 # --- the server (runs in the env's python) -------------------------------------------------
 
 
-def _preload(args: argparse.Namespace) -> Callable[[], object]:
+def _preload(cmd: ZygoteCommand) -> Callable[[], object]:
     """Import what the real entry point imports and load the env; returns its serve call."""
-    if args.kind == "envkit":
+    if cmd.kind == "envkit":
         import asyncio
 
         main = importlib.import_module("hud_ray.envkit.__main__")
-        env = main.load_environment(args.env_file, args.env)
+        env = main.load_environment(cmd.env_file, cmd.env_name)
         # envkit's own entry point: SIGTERM/SIGINT cancel serving, exit code 0.
-        return lambda: asyncio.run(main._serve_until_signal(env, args.host, 0))
+        return lambda: asyncio.run(main._serve_until_signal(env, cmd.host, 0))
     server = importlib.import_module("hud.environment.server")
     from hud.environment import load_environment
     from hud.utils.process import run_until_terminated
 
-    env = load_environment(args.env_file, name=args.env)
+    env = load_environment(cmd.env_file, name=cmd.env_name)
     # hud's own entry point: SIGTERM cancels serving and exits 143.
-    return lambda: run_until_terminated(server.serve(env, args.host, 0))
+    return lambda: run_until_terminated(server.serve(env, cmd.host, 0))
 
 
 def proc_state(pid: int) -> tuple[str, str] | None:
@@ -296,23 +296,22 @@ def _native_threads() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zygote.py", description=__doc__)
-    parser.add_argument("--kind", choices=sorted(set(MODULES.values())), required=True)
     parser.add_argument("--fd", type=int, required=True, help="inherited control socket")
-    parser.add_argument("--env-file", required=True)
-    parser.add_argument("--env", default=None)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("module_args", nargs="*", help="the real command's module arguments")
+    parser.add_argument("command", nargs="+", help="-m MODULE ARGS: the command to stand in for")
     args = parser.parse_args(argv)
     ctrl = socket.socket(fileno=args.fd)
-    module = next(m for m, k in MODULES.items() if k == args.kind)
+    cmd = recognise([sys.executable, *args.command])
+    if cmd is None:
+        print(f"zygote: cannot serve {args.command}", flush=True)
+        return 2
     # Look like `python -m <module> ARGS` to the env: sys.path[0] is the working directory
     # (not this file's), sys.argv[0] the module's file.
     if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
         sys.path[0] = os.getcwd()
-    spec = importlib.util.find_spec(module + ".__main__" if args.kind == "envkit" else module)
-    sys.argv = [spec.origin if spec and spec.origin else module, *args.module_args]
+    spec = importlib.util.find_spec(cmd.module + ".__main__" if cmd.kind == "envkit" else cmd.module)
+    sys.argv = [spec.origin if spec and spec.origin else cmd.module, *cmd.module_args]
     cpu = time.process_time()
-    serve = _preload(args)  # an exception here: traceback on stdout, exit 1, provider falls back
+    serve = _preload(cmd)  # an exception here: traceback on stdout, exit 1, provider falls back
     threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
     if threads:
         # A forked child gets only the forking thread: locks those threads hold stay held.
