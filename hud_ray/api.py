@@ -117,7 +117,7 @@ def plan_run(
     from hud_ray.scheduler import Scheduler, SchedulerConfig
 
     resolve_agent(agent)  # fail here, not in every worker
-    provider_options = _default_provider_options(
+    provider_options = default_provider_options(
         provider, tasks, {**provider_kwargs, **(provider_options or {})})
     driver_provider = get_provider(provider, **provider_options)
     driver_provider.check_config()
@@ -129,7 +129,7 @@ def plan_run(
     config = {
         "tasks": str(tasks) if isinstance(tasks, str | Path) else "<in-memory>",
         "agent": agent_label, "provider": provider, "repeats": repeats, "variant": variant,
-        "provider_options": _redacted(provider_options), "concurrency": concurrency,
+        "provider_options": redacted(provider_options), "concurrency": concurrency,
         "timeout_s": timeout_s, "max_attempts": max_attempts,
     }
     writer = ResultWriter(run_dir, config=config, resume=resume,
@@ -146,7 +146,7 @@ def plan_run(
         rollout={"deadline_s": timeout_s, "ready_timeout_s": min(ready_timeout_s, timeout_s),
                  "teardown_timeout_s": teardown_timeout_s},
         env_vars={k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
-        governor=_governor_policy(governor), resume=resume,
+        governor=governor_settings(governor), resume=resume,
         warm_per_slot=(warm if warm is not None
                        else (1.0 if driver_provider.capabilities.warm_ahead else 0.0)),
     )
@@ -200,7 +200,7 @@ def _with_run_dir(table: pa.Table, run_dir: Path) -> pa.Table:
     return table.replace_schema_metadata(metadata)
 
 
-def _default_provider_options(provider: str, tasks: Any, options: dict[str, Any]) -> dict[str, Any]:
+def default_provider_options(provider: str, tasks: Any, options: dict[str, Any]) -> dict[str, Any]:
     """`local` without env_file: use env.py beside the task file, when there is one."""
     if provider == "local" and "env_file" not in options and isinstance(tasks, str | Path):
         candidate = Path(tasks).parent / "env.py"
@@ -209,7 +209,7 @@ def _default_provider_options(provider: str, tasks: Any, options: dict[str, Any]
     return options
 
 
-def _governor_policy(governor: dict[str, Any] | bool | None) -> dict[str, Any] | None:
+def governor_settings(governor: dict[str, Any] | bool | None) -> dict[str, Any] | None:
     """True → the provider's defaults; a dict → overrides; False/None → no governor."""
     if governor is True:
         return {}
@@ -221,6 +221,6 @@ def _governor_policy(governor: dict[str, Any] | bool | None) -> dict[str, Any] |
 SECRET_WORDS = ("key", "token", "secret", "password")
 
 
-def _redacted(options: dict[str, Any]) -> dict[str, Any]:
+def redacted(options: dict[str, Any]) -> dict[str, Any]:
     return {k: ("***" if any(w in k.lower() for w in SECRET_WORDS) else v)
             for k, v in options.items()}

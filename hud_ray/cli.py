@@ -18,6 +18,7 @@ from typing import Any
 
 from hud_ray.agents import AgentSpecError
 from hud_ray.results import RunDirError
+from hud_ray.sweep import SweepError
 from hud_ray.tasks import TaskFileError
 from providers import ProviderConfigError, ProviderError
 
@@ -86,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the bundled demo on the local provider")
     _add_run_args(demo)
     demo.set_defaults(concurrency=8, repeats=1)
+    sweep = sub.add_parser("sweep", help="a grid of tasksets x agents x providers x repeats")
+    sweep.add_argument("sweep_file", help="sweep YAML (see hud_ray/sweep.py)")
+    sweep.add_argument("--out", default=None, help="directory holding run directories")
+    sweep.add_argument("--run-id", default=None, help="default: the sweep's name")
+    sweep.add_argument("--resume", action="store_true")
+    sweep.add_argument("--concurrency", type=int, default=None)
+    sweep.add_argument("--workers", type=int, default=None)
+    sweep.add_argument("--no-progress", action="store_true")
     report = sub.add_parser("report", help="summarise a run directory")
     report.add_argument("run_dir")
     report.add_argument("--json", action="store_true")
@@ -138,6 +147,22 @@ def cmd_run(args: argparse.Namespace, tasks: str, agent: str) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from hud_ray.report import report_run
+    from hud_ray.sweep import load_sweep, stream_sweep
+
+    config = load_sweep(args.sweep_file)
+    run_dir = Path(args.out or config.out) / (args.run_id or config.name)
+    print(f"run directory: {run_dir}", file=sys.stderr, flush=True)
+    for _ in stream_sweep(args.sweep_file, run_id=args.run_id, out=args.out,
+                          resume=args.resume, progress=not args.no_progress,
+                          concurrency=args.concurrency, workers=args.workers):
+        pass
+    print(report_run(run_dir))
+    print(run_dir.resolve())
+    return 0
+
+
 def cmd_reap(args: argparse.Namespace) -> int:
     from providers import LABEL_RUN, available, get_provider
 
@@ -179,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args, args.tasks, args.agent)
         if args.command == "demo":
             return cmd_run(args, str(demo_dir() / "tasks.jsonl"), "rule")
+        if args.command == "sweep":
+            return cmd_sweep(args)
         if args.command == "report":
             from hud_ray.report import report_run
 
@@ -189,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hud-ray: interrupted; in-flight sandboxes were torn down", file=sys.stderr)
         return 130
-    except (TaskFileError, ProviderError, RunDirError, AgentSpecError, ValueError,
+    except (TaskFileError, ProviderError, RunDirError, AgentSpecError, SweepError, ValueError,
             FileNotFoundError) as exc:
         print(f"hud-ray: error: {exc}", file=sys.stderr)
         return 2

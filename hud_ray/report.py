@@ -63,8 +63,25 @@ def build_report(table: pa.Table, success_threshold: float = 1.0) -> dict[str, A
     for row in rows:
         if row["status"] != "ok":
             failures[f"{row['status']}:{row.get('error_type') or '-'}"] += 1
+    variants = sorted({row.get("variant") or "" for row in rows})
+    compare = [_variant_stats(v, [r for r in rows if (r.get("variant") or "") == v],
+                              success_threshold) for v in variants] if len(variants) > 1 else []
     return {"rows": len(rows), "status": dict(status_counts), "templates": templates,
-            "phases": phases, "failures": dict(failures)}
+            "phases": phases, "failures": dict(failures), "variants": compare}
+
+
+def _variant_stats(variant: str, rows: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
+    """One variant's headline numbers, for the side-by-side comparison."""
+    overall = _template_stats(variant, "*", rows, threshold)
+    totals = [r["total_s"] for r in rows if r.get("total_s") is not None]
+    failed: dict[str, int] = defaultdict(int)
+    for r in rows:
+        if r["status"] != "ok":
+            failed[r["status"]] += 1
+    passk = {k: v for k, v in overall.items() if k.startswith("pass@")}
+    return {"variant": variant, "rollouts": len(rows), "mean_reward": overall["mean_reward"],
+            "ci95": overall["ci95"], **passk, "failures": dict(failed),
+            "total_p50": percentile(totals, 0.5), "total_p95": percentile(totals, 0.95)}
 
 
 def _template_stats(variant: str, template: str, group: list[dict[str, Any]],
@@ -91,6 +108,19 @@ def format_report(report: dict[str, Any], run_dir: str | Path | None = None) -> 
     lines.append(f"rollouts: {report['rows']}  " + "  ".join(
         f"{k}={v}" for k, v in sorted(report["status"].items())))
     lines.append("")
+    if report.get("variants"):
+        lines.append("variants side by side:")
+        table = [["variant", "n", "mean reward", "±95%", "pass@1", "pass@k", "failed",
+                  "p50 s", "p95 s"]]
+        for v in report["variants"]:
+            passk = [x for key, x in v.items() if key.startswith("pass@") and key != "pass@1"]
+            failed = ",".join(f"{k}={n}" for k, n in sorted(v["failures"].items())) or "-"
+            table.append([v["variant"], str(v["rollouts"]), _fmt(v["mean_reward"]),
+                          _fmt(v["ci95"]), _fmt(v["pass@1"]),
+                          _fmt(passk[0] if passk else v["pass@1"]), failed,
+                          _fmt(v["total_p50"]), _fmt(v["total_p95"])])
+        lines += _columns(table)
+        lines.append("")
     has_variants = any(t["variant"] for t in report["templates"])
     header = (["variant"] if has_variants else []) + [
         "template", "n", "mean reward", "±95%", "pass@1", "pass@k"]

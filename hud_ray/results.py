@@ -190,7 +190,7 @@ class ResultWriter:
 
 
 # Settings that change what a rollout means; a resume must match them.
-RESUME_KEYS = ("tasks", "agent", "provider", "repeats", "variant")
+RESUME_KEYS = ("tasks", "agent", "provider", "repeats", "variant", "sweep")
 
 
 def _check_same_config(run_dir: Path, old: dict[str, Any], new: dict[str, Any]) -> None:

@@ -111,8 +111,10 @@ class Scheduler:
         *,
         skip_keys: set[str] | None = None,
         progress: Any = None,
+        close_sink: bool = True,
     ) -> None:
         self.config = config
+        self.close_sink = close_sink  # a sweep closes its shared sink after its last pass
         self.source = rollouts
         self.sink = sink
         self.provider = provider
@@ -165,7 +167,8 @@ class Scheduler:
             self.sink.close(state, error=str(exc) or type(exc).__name__)
             raise
         self._teardown(interrupted=False)
-        self.sink.close("finished")
+        if self.close_sink:
+            self.sink.close("finished")
 
     def stop(self) -> None:
         self._stop.set()
@@ -459,7 +462,9 @@ def _failure_row(flight: _Flight, config: SchedulerConfig, status: Status,
     return RolloutResult(
         run_id=config.run_id, rollout_key=rollout.rollout_key, slug=task.slug or "",
         env=task.env_name, template_id=task.id, args=task.args, group_id=rollout.group_id,
-        repeat=rollout.repeat, variant=rollout.variant, agent=agent_name(config.agent),
+        repeat=rollout.repeat, variant=rollout.variant,
+        agent=agent_name(config.agent.get(rollout.variant, "")
+                         if isinstance(config.agent, dict) else config.agent),
         provider=config.provider, status=status,
         timeout_phase=flight.phase if timed_out else None,
         error_type="DeadlineExceeded" if timed_out else "WorkerDied",

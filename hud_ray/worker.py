@@ -55,7 +55,9 @@ class RolloutWorkerImpl:
             governor = get_governor(self.provider, provider_options, governor_policy, env_vars)
             self.provider = GovernedProvider(
                 self.provider, GovernorClient(governor, worker_id), worker_id, self.node_id)
-        self.agent = resolve_agent(agent)
+        # One agent, or one per sweep variant ({variant: spec}).
+        specs = agent if isinstance(agent, dict) else {None: agent}
+        self.agents = {variant: resolve_agent(spec) for variant, spec in specs.items()}
         self.base_config = RolloutConfig(**rollout_config, worker_id=worker_id)
         self.pool: WarmPool | None = None
         if warm_depth > 0:
@@ -95,7 +97,8 @@ class RolloutWorkerImpl:
         prepared = None
         if self.pool is not None and attempt == 1:  # a retry gets a fresh, cold sandbox
             prepared = await self.pool.take(rollout)
-        runner = RolloutRunner(rollout, self.agent, self.provider, config, prepared)
+        agent = self.agents.get(rollout.variant) or self.agents[next(iter(self.agents))]
+        runner = RolloutRunner(rollout, agent, self.provider, config, prepared)
         self._runners[rollout.rollout_key] = runner
         try:
             result = await runner.run()

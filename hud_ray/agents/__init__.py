@@ -74,9 +74,41 @@ class Session:
         self.steps.append({"kind": kind, "t": time.time(), **data})
 
 
+class ConfiguredAgent:
+    """An agent built from a factory spec and parameters, on whichever worker runs it
+    (sweeps: `agents: [{name, spec, params}]`). Picklable: it ships the spec, not the
+    object."""
+
+    def __init__(self, spec: str, params: dict[str, Any] | None = None,
+                 label: str | None = None) -> None:
+        self.spec = spec
+        self.params = dict(params or {})
+        self.agent_label = label or spec
+        self._agent: Agent | None = None
+
+    def build(self) -> Agent:
+        if self._agent is None:
+            target = resolve_agent(self.spec)
+            self._agent = target(**self.params) if self.params else target
+            if not callable(self._agent):
+                raise AgentSpecError(f"agent {self.agent_label!r}: {self.spec} with params "
+                                     f"{sorted(self.params)} did not return a callable agent")
+        return self._agent
+
+    async def __call__(self, session: Session) -> Any:
+        return await self.build()(session)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"spec": self.spec, "params": self.params, "agent_label": self.agent_label,
+                "_agent": None}
+
+
 def agent_name(agent: Any) -> str:
     if isinstance(agent, str):
         return agent
+    label = getattr(agent, "agent_label", None)
+    if isinstance(label, str):
+        return label
     name = getattr(agent, "__qualname__", None) or type(agent).__qualname__
     return f"{getattr(agent, '__module__', '?')}:{name}"
 

@@ -47,3 +47,21 @@ async def _kv_get(session: Session, capability: str, command: str) -> str:
         return value
     finally:
         writer.close()
+
+
+def make_rule_agent(skip: list[str] | tuple[str, ...] = (), delay_s: float = 0.0):
+    """A configurable rule agent (for sweeps): it gives up on the templates in `skip` and
+    thinks for `delay_s` seconds first."""
+    import asyncio
+
+    skipped = set(skip)
+
+    async def agent(session: Session) -> Any:
+        if delay_s:
+            await asyncio.sleep(delay_s)
+        if session.task.id in skipped:
+            session.record_step("give_up", reason=f"configured to skip {session.task.id}")
+            return "skipped"
+        return await rule_agent(session)
+
+    return agent
