@@ -50,8 +50,8 @@ class ForkedProcess:
     `pid` (also its process group), `stdout`, `returncode`, `wait()`."""
 
     def __init__(self, pid: int, start: str | None, stdout: asyncio.StreamReader,
-                 transport: asyncio.BaseTransport, exited: asyncio.Future[int | None],
-                 preload_lines: list[str]) -> None:
+                 transport: asyncio.BaseTransport, pipe_closed: asyncio.Future[None],
+                 exited: asyncio.Future[int | None], preload_lines: list[str]) -> None:
         self.pid = pid
         self.stdout = stdout
         # What importing the env printed (in the zygote): a fresh process would have
@@ -59,6 +59,7 @@ class ForkedProcess:
         self.preload_lines = preload_lines
         self._start = start
         self._transport = transport
+        self._pipe_closed = pipe_closed
         self._exited = exited
         self._code: int | None = None
 
@@ -77,8 +78,26 @@ class ForkedProcess:
         # No zygote left to reap it (nothing to await): poll the kernel until it is gone.
         while self.returncode is None:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
+        # Our end of its output pipe: normally closed at EOF; a straggler holding the
+        # write end (something that left the group) must not keep it open for good.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._pipe_closed), 0.5)
+        self._transport.close()
         assert self._code is not None
         return self._code
+
+
+class _PipeProtocol(asyncio.StreamReaderProtocol):
+    """A StreamReaderProtocol that says when its pipe is closed (EOF, or closed by us)."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        super().__init__(reader)
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
 def _gone(pid: int, start: str | None) -> bool:
@@ -170,9 +189,9 @@ class Zygote:
             read_fd, write_fd = os.pipe()
             pipe = os.fdopen(read_fd, "rb", 0)
             reader = asyncio.StreamReader(limit=limit)
+            protocol = _PipeProtocol(reader)
             try:
-                transport, _ = await loop.connect_read_pipe(
-                    lambda: asyncio.StreamReaderProtocol(reader), pipe)
+                transport, _ = await loop.connect_read_pipe(lambda: protocol, pipe)
             except BaseException:
                 # Closing the file object (never the raw fd) is idempotent: a transport
                 # made before a cancellation closes the same object again, harmlessly.
@@ -203,7 +222,7 @@ class Zygote:
             transport.close()
             raise ZygoteError(f"fork refused: {answer.get('error')}")
         return ForkedProcess(answer["pid"], answer.get("start"), reader, transport,
-                             answer["_exited"], self.preload_lines)
+                             protocol.closed, answer["_exited"], self.preload_lines)
 
     async def _read_replies(self) -> None:
         loop = asyncio.get_running_loop()

@@ -234,6 +234,23 @@ def test_a_create_cancelled_at_any_point_leaves_no_forked_process_behind(tmp_pat
     assert not loop_errors, loop_errors
 
 
+def test_a_provider_reused_under_a_new_event_loop_starts_a_new_zygote(tmp_path):
+    provider = Recording(env_file=str(DEMO_ENV), state_dir=str(tmp_path))
+
+    async def one(key: str) -> None:
+        handle = await provider.create(spec(key), {LABEL_RUN: "loops"})
+        assert await hello((await provider.ready(handle, 20)).url) == "demo"
+        await provider.destroy(handle)
+
+    asyncio.run(one("first"))  # its zygote is bound to this loop's sockets and tasks
+    asyncio.run(one("second"))
+    first, second = provider.parents
+    assert os.getpid() not in (first, second) and first != second
+    wait_gone([first])  # the first loop's zygote was let go
+    asyncio.run(provider.close())
+    wait_gone([*provider.pids, second])
+
+
 def test_zygote_off_or_an_unrecognised_command_starts_plain_subprocesses(tmp_path):
     command = "{python} -m hud_ray.envkit {env_file} --port 0 --env demo"
     providers = [Recording(env_file=str(DEMO_ENV), state_dir=str(tmp_path), zygote=False),
@@ -368,7 +385,13 @@ def _failing_row(env_file: Path, tmp_path: Path, ready_timeout_s: float = 20):
     provider = Recording(env_file=str(env_file), state_dir=str(tmp_path), kill_grace_s=0.5)
     rollout = Rollout(task=Task(env="x", id="count"))
     config = RolloutConfig(deadline_s=60, ready_timeout_s=ready_timeout_s)
-    row = asyncio.run(run_rollout(rollout, resolve_agent("rule"), provider, config))
+
+    async def main():
+        row = await run_rollout(rollout, resolve_agent("rule"), provider, config)
+        await provider.close()
+        return row
+
+    row = asyncio.run(main())
     wait_gone(provider.pids)
     return row, provider
 
