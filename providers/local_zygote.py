@@ -29,7 +29,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from .zygote import READY_LINE, ZygoteCommand, proc_state, recognise
+from .zygote import READY_LINE, ZygoteCommand, proc_gone, recognise
 
 log = logging.getLogger("providers.local")
 
@@ -69,7 +69,7 @@ class ForkedProcess:
             code = self._exited.result()
             if code is not None:
                 self._code = code
-            elif _gone(self.pid, self._start):  # the zygote died: ask the kernel
+            elif proc_gone(self.pid, self._start):  # the zygote died: ask the kernel
                 self._code = LOST_EXIT_CODE
         return self._code
 
@@ -98,21 +98,6 @@ class _PipeProtocol(asyncio.StreamReaderProtocol):
         super().connection_lost(exc)
         if not self.closed.done():
             self.closed.set_result(None)
-
-
-def _gone(pid: int, start: str | None) -> bool:
-    state = proc_state(pid)
-    if state is None:
-        if os.path.isdir("/proc"):
-            return True
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
-    return state[0] in "ZX" or (start is not None and state[1] != start)
 
 
 class Zygote:
@@ -157,12 +142,17 @@ class Zygote:
             theirs.close()
         lines: collections.deque[str] = collections.deque(maxlen=keep_lines)
         output = asyncio.StreamReader(limit=1 << 20)
+        transport: asyncio.BaseTransport | None = None
         try:
             transport, _ = await asyncio.get_running_loop().connect_read_pipe(
                 lambda: asyncio.StreamReaderProtocol(output), process.stdout)
             info = await asyncio.wait_for(_read_until_ready(output, lines), START_TIMEOUT_S)
         except BaseException as exc:
             ours.close()
+            if transport is not None:
+                transport.close()
+            elif process.stdout is not None:
+                process.stdout.close()
             await _kill(process)
             if isinstance(exc, (TimeoutError, ValueError)):
                 raise ZygoteError(f"not ready within {START_TIMEOUT_S:.0f}s: {_tail(lines)}") from None
@@ -397,8 +387,8 @@ async def _read_until_ready(output: asyncio.StreamReader,
 async def _wait(process: subprocess.Popen[bytes], timeout_s: float) -> int | None:
     """Exit code, or None if still running after `timeout_s` (polled: it is no asyncio
     child, and it exits within milliseconds of being told to)."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
     loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
     while (code := process.poll()) is None and loop.time() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.01)
     return code

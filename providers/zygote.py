@@ -124,6 +124,22 @@ def proc_state(pid: int) -> tuple[str, str] | None:
         return None
 
 
+def proc_gone(pid: int, start: str | None) -> bool:
+    """True once `pid` has exited (a zombie counts) or now names another process."""
+    state = proc_state(pid)
+    if state is not None:
+        return state[0] in "ZX" or (start is not None and state[1] != start)
+    if os.path.isdir("/proc"):
+        return True
+    try:
+        os.kill(pid, 0)  # no /proc (macOS): existence is all we can ask
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return False
+
+
 class ForkServer:
     def __init__(self, ctrl: socket.socket, serve: Callable[[], object]) -> None:
         self.ctrl = ctrl
