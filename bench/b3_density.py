@@ -37,7 +37,9 @@ MB = 2**20
 
 
 def _long_work(seed: int) -> dict[str, Any]:
-    return {"seed": seed, "duration_s": 600.0}
+    # flush_s=0: the sim's event log is written per event. With buffering, a provider whose
+    # sandboxes all sit idle never flushes its last events, and `sim_stats` undercounts.
+    return {"seed": seed, "duration_s": 600.0, "flush_s": 0.0}
 
 
 def _hud_ray(out: Path, target: int, workers: int) -> dict[str, Any]:
@@ -46,7 +48,7 @@ def _hud_ray(out: Path, target: int, workers: int) -> dict[str, Any]:
     before = sum(uss_bytes(ray_worker_processes()).values())
     plan = plan_run(sim_tasks(target), "nop", "sim", concurrency=target, workers=workers,
                     out=out, run_id="density", progress=False, warm=0, timeout_s=900,
-                    **options)
+                    provider_options=options)
     seen: dict[str, Any] = {"peak_live": 0}
     t0 = time.perf_counter()
 
@@ -58,7 +60,7 @@ def _hud_ray(out: Path, target: int, workers: int) -> dict[str, Any]:
             time.sleep(1.0)  # every grade call out, every reader task parked
             procs = ray_worker_processes()
             uss = uss_bytes(procs)
-            names = {p.pid: " ".join(p.info.get("cmdline") or [])[:60] for p in procs}
+            names = {p.pid: " ".join(p.info["cmdline"])[:60] for p in procs}
             seen.update(live=sim_stats(account)["live"], ramp_s=waited, uss=uss, names=names)
             plan.scheduler.stop()
             return True

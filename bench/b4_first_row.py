@@ -20,8 +20,7 @@ TARGET_SLACK_S = 0.5
 
 
 def run(out: Path, quick: bool) -> Bench:
-    n = 64
-    slots = 64
+    n = slots = 16 if quick else 64
     options = heavy_tail(seed=11)
     tasks = sim_tasks(n)
     rs = rollouts(tasks)

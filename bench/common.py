@@ -97,16 +97,63 @@ def start_ray() -> None:
 
 
 def ray_worker_processes() -> list[Any]:
-    """Every Ray worker process on this machine started by our raylet (`ray::…`)."""
+    """The Ray worker processes (`ray::…`) of OUR local Ray: descendants of this process
+    (other Ray clusters on the machine are someone else's)."""
     import psutil
 
-    me = os.getpid()
     found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmd = proc.info.get("cmdline") or []
-        if proc.info["pid"] != me and cmd and cmd[0].startswith("ray::"):
-            found.append(proc)
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            cmd = proc.cmdline()
+            if cmd and cmd[0].startswith("ray::"):
+                proc.info = {"cmdline": cmd}
+                found.append(proc)
     return found
+
+
+class CpuMeter:
+    """CPU seconds used by this process and all its descendants (Ray's workers, raylet,
+    GCS, subprocesses) over a window: sampled every `every_s`, so processes that come and
+    go inside the window are counted up to their last sample."""
+
+    def __init__(self, every_s: float = 0.2) -> None:
+        self.every_s = every_s
+        self._first: dict[tuple[int, float], float] = {}
+        self._last: dict[tuple[int, float], float] = {}
+        self._poller = Poller(self._sample, every_s)
+        self.own_s = 0.0
+        self.children_s = 0.0
+        self._started = False
+
+    def _sample(self) -> bool:
+        import psutil
+
+        for proc in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                key = (proc.pid, proc.create_time())
+                t = proc.cpu_times()
+                used = t.user + t.system
+                self._first.setdefault(key, used if self._started else 0.0)
+                self._last[key] = used
+        return False
+
+    def __enter__(self) -> CpuMeter:
+        self._started = True
+        self._sample()
+        self._started = False  # processes first seen from now on started inside the window
+        self._own0 = time.process_time()
+        self._poller.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._poller.__exit__(*exc)
+        self._sample()
+        self.own_s = time.process_time() - self._own0
+        self.children_s = sum(self._last[k] - self._first[k] for k in self._last)
+
+    @property
+    def total_s(self) -> float:
+        return self.own_s + self.children_s
 
 
 def uss_bytes(procs: list[Any]) -> dict[int, int]:

@@ -31,7 +31,7 @@ def hud_ray_run(tasks: list[dict[str, Any]], slots: int, sim_options: dict[str, 
     t0 = time.perf_counter()
     with Poller(watch, every_s=0.005) as poller:
         plan = plan_run(tasks, agent, provider, concurrency=slots, out=out, run_id=run_id,
-                        progress=False, **kwargs, **options)
+                        progress=False, provider_options=options, **kwargs)
         first_batch_s = None
         for _ in plan.stream():
             if first_batch_s is None:

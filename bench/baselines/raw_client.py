@@ -38,7 +38,7 @@ async def make_sandboxes(n: int, options: dict[str, Any]) -> tuple[SimProvider, 
 
 
 async def exchange_all(port: int, preambles: list[bytes], concurrency: int) -> float:
-    """Run every exchange; returns exchanges per second."""
+    """Run every exchange; returns the wall time they took."""
     sem = asyncio.Semaphore(concurrency)
 
     async def one(preamble: bytes) -> None:
@@ -55,21 +55,26 @@ async def exchange_all(port: int, preambles: list[bytes], concurrency: int) -> f
 
     t0 = time.perf_counter()
     await asyncio.gather(*(one(p) for p in preambles))
-    return len(preambles) / (time.perf_counter() - t0)
+    return time.perf_counter() - t0
 
 
-def one_process(n: int, options: dict[str, Any], concurrency: int = 256) -> float:
-    async def main() -> float:
+def one_process(n: int, options: dict[str, Any], concurrency: int = 256) -> dict[str, float]:
+    """{"wall_s", "cpu_s"} of the exchanges alone (sandbox set-up excluded)."""
+    async def main() -> dict[str, float]:
         sim, port, preambles = await make_sandboxes(n, options)
         try:
-            return await exchange_all(port, preambles, concurrency)
+            c0 = time.process_time()
+            wall = await exchange_all(port, preambles, concurrency)
+            return {"wall_s": wall, "cpu_s": time.process_time() - c0}
         finally:
             await sim.close()
 
     return asyncio.run(main())
 
 
-def two_process(n: int, options: dict[str, Any], concurrency: int = 256) -> float:
+def two_process(n: int, options: dict[str, Any], concurrency: int = 256) -> dict[str, float]:
+    import psutil
+
     child = subprocess.Popen([sys.executable, "-m", "bench.baselines.raw_client", "serve",
                               str(n), json.dumps(options)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -77,7 +82,11 @@ def two_process(n: int, options: dict[str, Any], concurrency: int = 256) -> floa
         assert child.stdout is not None
         hello = json.loads(child.stdout.readline())
         preambles = [p.encode() for p in hello["preambles"]]
-        return asyncio.run(exchange_all(hello["port"], preambles, concurrency))
+        server = psutil.Process(child.pid)
+        s0, c0 = sum(server.cpu_times()[:2]), time.process_time()
+        wall = asyncio.run(exchange_all(hello["port"], preambles, concurrency))
+        cpu = time.process_time() - c0 + sum(server.cpu_times()[:2]) - s0
+        return {"wall_s": wall, "cpu_s": cpu}
     finally:
         if child.stdin is not None:
             child.stdin.close()
