@@ -114,13 +114,23 @@ def plan_run(
     """Validate everything that can fail before a run starts. Provider options come as
     `provider_options={...}` (names may clash with run settings, e.g. `flush_s`) or,
     for convenience, as extra keyword arguments."""
+    from hud_ray import preflight
     from hud_ray.scheduler import Scheduler, SchedulerConfig
 
+    # Before the run directory or Ray: a bad input ends in one message, nothing touched.
+    preflight.check_settings(
+        concurrency=concurrency, repeats=repeats, workers=workers, timeout_s=timeout_s,
+        ready_timeout_s=ready_timeout_s, max_attempts=max_attempts, max_failures=max_failures,
+        max_failure_fraction=max_failure_fraction, warm=warm)
+    preflight.check_governor(governor)
+    preflight.check_task_source(tasks)
     resolve_agent(agent)  # fail here, not in every worker
     provider_options = default_provider_options(
         provider, tasks, {**provider_kwargs, **(provider_options or {})})
     driver_provider = get_provider(provider, **provider_options)
     driver_provider.check_config()
+    preflight.check_tasks(tasks, driver_provider, timeout_s=timeout_s,
+                          teardown_timeout_s=teardown_timeout_s)
     if resume and not run_id:
         raise ValueError("--resume needs --run-id (the run to continue)")
     run_id = run_id or new_run_id()

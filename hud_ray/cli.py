@@ -32,13 +32,16 @@ def demo_dir() -> Path:
     raise FileNotFoundError("the bundled demo (examples/demo) is missing from this install")
 
 
-def parse_options(pairs: list[str]) -> dict[str, Any]:
+def parse_options(pairs: list[str], flag: str = "--provider-opt") -> dict[str, Any]:
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"--provider-opt {pair!r}: expected KEY=VALUE")
-        options[key.strip()] = json.loads(value) if value[:1] in "{[" else value
+            raise ValueError(f"{flag} {pair!r}: expected KEY=VALUE")
+        try:
+            options[key.strip()] = json.loads(value) if value[:1] in "{[" else value
+        except ValueError as exc:
+            raise ValueError(f"{flag} {pair!r}: the value is not valid JSON ({exc})") from None
     return options
 
 
@@ -110,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _failure_budget(text: str | None) -> dict[str, Any]:
     if text is None:
         return {}
-    if text.endswith("%"):
+    if text.endswith("%") and re.fullmatch(r"\d+(\.\d+)?", text[:-1]):
         return {"max_failure_fraction": float(text[:-1]) / 100}
     if not text.isdigit():
         raise ValueError(f"--max-failures {text!r}: expected N or P%")
@@ -120,7 +123,12 @@ def _failure_budget(text: str | None) -> dict[str, Any]:
 def governor_policy(args: argparse.Namespace) -> dict[str, Any] | bool:
     if args.no_governor:
         return False
-    policy: dict[str, Any] = {k: float(v) for k, v in parse_options(args.governor_opt).items()}
+    policy: dict[str, Any] = {}
+    for key, value in parse_options(args.governor_opt, "--governor-opt").items():
+        try:
+            policy[key] = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"--governor-opt {key}={value!r}: expected a number") from None
     if args.create_rate is not None:
         policy["create_rate"] = args.create_rate
     if args.live_cap is not None:
@@ -140,8 +148,15 @@ def cmd_run(args: argparse.Namespace, tasks: str, agent: str) -> int:
         provider_options=parse_options(args.provider_opt), **_failure_budget(args.max_failures),
     )
     print(f"run directory: {plan.run_dir}", file=sys.stderr, flush=True)
-    for _ in plan.stream():
-        pass
+    try:
+        for _ in plan.stream():
+            pass
+    except (TaskFileError, ProviderConfigError) as exc:
+        # A bad row past the plan-time scan, or a task the provider refuses mid-run:
+        # the run stops there, and what it wrote stays.
+        from hud_ray.scheduler import RunAborted
+
+        raise RunAborted(str(exc)) from None
     print(report_run(plan.run_dir))
     print(plan.run_dir.resolve())
     return 0
