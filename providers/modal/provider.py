@@ -16,7 +16,7 @@ from ..errors import CreateError, NotReadyError
 from . import options as opts
 from . import probe
 from .options import ModalOptions
-from .sdk import Policy, load_sdk
+from .sdk import Policy, check_credentials, load_sdk
 
 GONE = ("NotFoundError",)
 
@@ -109,6 +109,10 @@ class ModalProvider(Provider):
         return image.object_id
 
     # --- plan time -----------------------------------------------------------------
+    def check_config(self) -> None:
+        if self.options.sdk is None:  # a stand-in SDK (the fake) brings its own auth
+            check_credentials()
+
     def check_spec(self, spec: SandboxSpec) -> None:
         super().check_spec(spec)
         opts.check_spec(spec, self.options)

@@ -63,6 +63,35 @@ def load_sdk(spec: Any) -> Any:
         ) from None
 
 
+def check_credentials() -> None:
+    """Offline: does the real SDK have credentials (env vars, else the active profile of
+    ~/.modal.toml)? Without them a run stops at plan time, naming the variables, instead
+    of failing the first create in every worker. Inside a Modal container the SDK
+    authenticates itself; OAuth settings are the SDK's to validate."""
+    try:
+        from modal import config as modal_config
+    except ImportError:
+        return  # load_sdk names the missing extra
+    def setting(key: str) -> Any:
+        try:
+            return modal_config.config.get(key)
+        except KeyError:  # a setting this SDK version does not have
+            return None
+
+    if getattr(modal_config, "_is_remote", lambda: False)() or any(setting(k) for k in (
+            "oauth_refresh_token", "oauth_client_id", "oauth_client_secret", "oauth_jwt_key")):
+        return
+    missing = [var for var, key in (("MODAL_TOKEN_ID", "token_id"),
+                                    ("MODAL_TOKEN_SECRET", "token_secret")) if not setting(key)]
+    if missing:
+        profile = getattr(modal_config, "_profile", "default")
+        where = getattr(modal_config, "user_config_path", "~/.modal.toml")
+        raise ProviderConfigError(
+            f"provider 'modal': no credentials: {' and '.join(missing)} not set (nor in "
+            f"profile {profile!r} of {where}) — {CREDENTIALS_HINT}"
+        )
+
+
 class Policy:
     """Runs one SDK call under the error policy above."""
 
