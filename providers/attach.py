@@ -24,6 +24,8 @@ class AttachOptions(BaseModel):
         host, _, port = value.removeprefix("tcp://").rpartition(":")
         if not value.startswith("tcp://") or not host or not port.isdigit():
             raise ValueError(f"must look like tcp://host:port, got {value!r}")
+        if not 0 < int(port) < 65536:
+            raise ValueError(f"port {port} is out of range (1-65535) in {value!r}")
         return value
 
 
