@@ -21,6 +21,7 @@ from hud_ray.schema import RolloutResult, Status, utcnow
 from hud_ray.tasks import Rollout
 from hud_ray.wire import (
     EnvClient,
+    FrameTooLarge,
     ProtocolError,
     RemoteError,
     TransportError,
@@ -284,6 +285,10 @@ class RolloutRunner:
 
     # --- failure helpers ---------------------------------------------------------------
     async def _wire_failure(self, exc: WireError) -> RolloutFailure:
+        if isinstance(exc, FrameTooLarge) and exc.outgoing and self.phase == "grade":
+            # never sent: the agent's answer itself is too big, not the env's fault
+            return RolloutFailure(Status.AGENT_ERROR, f"the agent's answer is too large: {exc}",
+                                  error_type=type(exc).__name__)
         if isinstance(exc, ProtocolError):  # includes RemoteError: the env said no
             return RolloutFailure(Status.ENV_ERROR, exc)
         if isinstance(exc, TransportError):

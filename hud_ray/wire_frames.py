@@ -32,7 +32,9 @@ class ProtocolError(WireError):
 
 
 class FrameTooLarge(ProtocolError):
-    """A frame over FRAME_LIMIT_BYTES, in either direction."""
+    """A frame over FRAME_LIMIT_BYTES, in either direction (`outgoing`: ours, never sent)."""
+
+    outgoing = False
 
 
 class RemoteError(ProtocolError):
@@ -53,9 +55,11 @@ def encode_frame(message: dict[str, Any]) -> bytes:
         raise ProtocolError(f"cannot encode frame: {exc}") from None
     if len(data) > FRAME_LIMIT_BYTES:
         what = message.get("method", "response")
-        raise FrameTooLarge(
+        too_large = FrameTooLarge(
             f"{what} frame is {len(data)} bytes; the limit is {FRAME_LIMIT_BYTES} bytes"
         )
+        too_large.outgoing = True
+        raise too_large
     return data + b"\n"
 
 

@@ -13,7 +13,10 @@ def score_frame(template_id: str, evaluation: Any) -> dict[str, Any]:
     """Normalise a template's grade yield to a `{"score": float, ...}` frame."""
     if isinstance(evaluation, dict):
         frame = dict(evaluation)
-        score = frame.get("score")
+        if "score" not in frame:
+            raise TypeError(f"template {template_id!r} graded with a dict without a 'score' key "
+                            f"(keys: {sorted(map(str, frame))})")
+        score = frame["score"]
     else:
         score = getattr(evaluation, "reward", evaluation)
         frame = {"score": score}
