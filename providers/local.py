@@ -31,6 +31,7 @@ from .errors import CreateError, NotReadyError, ProviderConfigError
 from .local_zygote import ForkedProcess, ZygotePool
 
 PORT_LINE = "HUD_SERVE_PORT="
+MARKER_ENV = "HUD_RAY_SANDBOX"
 DEFAULT_COMMAND = "{python} -m hud_ray.envkit {env_file} --host 127.0.0.1 --port 0"
 
 
@@ -146,12 +147,16 @@ class LocalProvider(Provider):
                 return existing.handle
             await self.destroy(existing.handle)
         handle = SandboxHandle(provider=self.name, sandbox_id=spec.name, name=spec.name, labels=labels)
-        env = {**os.environ, **spec.env_vars, "PYTHONUNBUFFERED": "1"}
+        # The marker lets `reap` find a process whose pid never reached the ledger (an
+        # owner killed between the spawn or fork and the ledger update).
+        env = {**os.environ, **spec.env_vars, "PYTHONUNBUFFERED": "1", MARKER_ENV: spec.name}
         self._write_ledger(handle)
         try:
             process: asyncio.subprocess.Process | ForkedProcess | None = None
             if self.options.zygote:  # None when the command is not one a zygote can fork
-                process = await self._zygotes.spawn(argv, env, self.options.cwd, 1 << 20)
+                # Zygotes are shared per environment: the per-sandbox marker stays out.
+                shared_env = {k: v for k, v in env.items() if k != MARKER_ENV}
+                process = await self._zygotes.spawn(argv, shared_env, self.options.cwd, 1 << 20)
             process = process or await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -207,7 +212,7 @@ class LocalProvider(Provider):
             proc.pump.cancel()
         else:
             entry = self._read_ledger(handle.sandbox_id) or handle.model_dump()
-            _kill_group_if_ours(entry.get("data", {}))
+            _kill_group_if_ours(entry.get("data", {}), handle.sandbox_id)
         self._drop_ledger(handle.sandbox_id)
 
     async def list(self, labels: dict[str, str]) -> list[SandboxHandle]:
@@ -333,9 +338,21 @@ def _group_alive(pgid: int) -> bool:
         return False
 
 
-def _kill_group_if_ours(data: dict[str, Any]) -> None:
+def _kill_by_marker(name: str) -> None:
+    """Kill the process group of whatever carries MARKER_ENV=name (no pid was recorded)."""
+    import psutil
+
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get(MARKER_ENV) == name:
+                _signal_group(os.getpgid(proc.pid), signal.SIGKILL)
+
+
+def _kill_group_if_ours(data: dict[str, Any], name: str = "") -> None:
     pid = data.get("pid")
     if not pid:
+        if name:
+            _kill_by_marker(name)
         return
     started, created = data.get("started"), _create_time(pid)
     # A gone leader still matches: its group (same id) may hold children.
