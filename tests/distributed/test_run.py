@@ -116,7 +116,7 @@ def test_driver_sigkill_then_reap_and_resume(tmp_path):
     reap = cli("reap", "--provider", "local", "--run-id", "r1", env=env)
     stdout, stderr = reap.communicate(timeout=120)
     assert reap.returncode == 0, stderr
-    wait_for(lambda: not (env_server_pids(state) & leftover), 30, "reaped env servers to exit")
+    wait_for(lambda: not (env_server_pids(state) & leftover), 60, "reaped env servers to exit")
     resume = cli(*args, "--resume", env=env)
     stdout, stderr = resume.communicate(timeout=600)
     assert resume.returncode == 0, stderr[-3000:]
