@@ -14,7 +14,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hud_ray.agents import AgentSpecError
 from hud_ray.results import RunDirError
@@ -52,6 +52,13 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"hud-ray: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--provider", default="local", help="sandbox provider (default: local)")
     p.add_argument("--provider-opt", action="append", default=[], metavar="KEY=VALUE",
@@ -81,7 +88,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hud-ray", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="hud-ray", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run every task of a task file")
     run.add_argument("tasks", help="task file (.jsonl, .json or .parquet; HUD rows)")
