@@ -59,6 +59,8 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
+        if not Path(run_dir).is_dir():
+            raise RunDirError(f"{run_dir}: no such run directory") from None
         raise RunDirError(f"{run_dir}: no {MANIFEST} (not a hud_ray run directory)") from None
     except ValueError as exc:
         raise RunDirError(f"{path}: unreadable manifest: {exc}") from None
