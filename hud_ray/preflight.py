@@ -82,7 +82,7 @@ def check_task_source(tasks: Any) -> None:
 
 
 def check_tasks(tasks: Any, provider: Provider, *, timeout_s: float,
-                teardown_timeout_s: float, limit: int = PRESCAN_ROWS) -> None:
+                teardown_timeout_s: float, limit: int | None = None) -> None:
     """Every row parses, slugs are unique, and the provider can honour what each kind of
     task asks for (image, GPU, resources, lifetime) — named by file and line."""
     if isinstance(tasks, str | Path):
@@ -91,6 +91,7 @@ def check_tasks(tasks: Any, provider: Provider, *, timeout_s: float,
         source, name = tasks_from(tasks), "<tasks>"
     else:
         return
+    limit = PRESCAN_ROWS if limit is None else limit
     config = RolloutConfig(run_id="plan", teardown_timeout_s=teardown_timeout_s)
     kinds: set[str] = set()
     for count, (line, task) in enumerate(source, start=1):
