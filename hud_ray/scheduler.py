@@ -24,7 +24,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -32,13 +31,14 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field
 from ray.exceptions import RayActorError
 
+from hud_ray.inflight import Flight, WorkerSlot, failure_row, reap_in_background
 from hud_ray.results import ResultWriter
 from hud_ray.rollout import RolloutConfig, rollout_labels, sandbox_spec
 from hud_ray.schema import RETRYABLE, Status
 from hud_ray.tasks import Rollout
 from hud_ray.warm import spec_key
 from hud_ray.worker import RolloutWorker
-from providers import Provider, UnsupportedSpecError, get_provider
+from providers import Provider, UnsupportedSpecError
 
 log = logging.getLogger("hud_ray.scheduler")
 SLOT_RESOURCE = "sandbox_slots"
@@ -78,29 +78,6 @@ class SchedulerConfig(BaseModel):
         return max(1, min(self.concurrency, -(-self.concurrency // 64)))
 
 
-@dataclass
-class _Flight:
-    """A rollout handed to a worker: when, with what budget, last phase it reported."""
-
-    rollout: Rollout
-    attempt: int
-    sent_at: float
-    budget_s: float
-    phase: str = "provision"
-
-
-@dataclass
-class _Worker:
-    index: int
-    actor: Any
-    slots: int
-    worker_id: str
-    inflight: dict[str, _Flight] = field(default_factory=dict)
-    step_ref: Any = None
-    drained: bool = False
-    warm: dict[str, int] = field(default_factory=dict)
-
-
 class Scheduler:
     def __init__(
         self,
@@ -120,7 +97,7 @@ class Scheduler:
         self.provider = provider
         self.skip_keys = skip_keys or set()
         self.progress = progress
-        self.workers: list[_Worker] = []
+        self.workers: list[WorkerSlot] = []
         self._retry_heap: list[tuple[float, int, Rollout, int]] = []
         self._tiebreak = itertools.count()
         self._source_done = False
@@ -180,7 +157,7 @@ class Scheduler:
         for i in range(count):
             self.workers.append(self._new_worker(i, base + (1 if i < extra else 0)))
 
-    def _new_worker(self, index: int, slots: int) -> _Worker:
+    def _new_worker(self, index: int, slots: int) -> WorkerSlot:
         worker_id = f"w{index}-{uuid.uuid4().hex[:6]}"
         # On a cluster that declares sandbox slots (cluster.yaml: `sandbox_slots`), workers
         # are placed by slots, not CPUs: a node holds as many sandboxes as it declares.
@@ -193,14 +170,14 @@ class Scheduler:
             {**self.config.rollout, "run_id": self.config.run_id}, slots, self.config.env_vars,
             self.config.governor, math.ceil(slots * self.config.warm_per_slot),
         )
-        return _Worker(index=index, actor=actor, slots=slots, worker_id=worker_id)
+        return WorkerSlot(index=index, actor=actor, slots=slots, worker_id=worker_id)
 
     def _cluster_has_slots(self) -> bool:
         if self._has_slots is None:
             self._has_slots = ray.cluster_resources().get(SLOT_RESOURCE, 0) > 0
         return self._has_slots
 
-    def _replace(self, worker: _Worker, error: Exception | str,
+    def _replace(self, worker: WorkerSlot, error: Exception | str,
                  overdue: set[str] | None = None) -> None:
         """Requeue a dead (or killed) worker's rollouts; overdue ones end as `timeout`."""
         reason = error if isinstance(error, str) else f"worker died: {type(error).__name__}: {error}"
@@ -213,10 +190,10 @@ class Scheduler:
             self.governor.worker_gone.remote(worker.worker_id)
         for flight in lost:
             if overdue and flight.rollout.rollout_key in overdue:
-                row = _failure_row(flight, self.config, Status.TIMEOUT, reason)
+                row = failure_row(flight, self.config, Status.TIMEOUT, reason)
                 self._write(row)
                 continue
-            row = _failure_row(flight, self.config, Status.INFRA_ERROR, reason)
+            row = failure_row(flight, self.config, Status.INFRA_ERROR, reason)
             self._after_failure(flight.rollout, flight.attempt, row)
         self._replacements += 1
         if self._replacements > self.config.max_worker_replacements:
@@ -225,34 +202,13 @@ class Scheduler:
         fresh = self._new_worker(worker.index, worker.slots)
         self.workers[self.workers.index(worker)] = fresh
 
-    def _reap(self, lost: list[_Flight]) -> None:
+    def _reap(self, lost: list[Flight]) -> None:
         """Destroy what a dead worker left behind, found by labels (in the background)."""
-        if not lost:
-            return
-        labels = [rollout_labels(self.config.run_id, r.rollout_key,
-                                 self.config.rollout.get("owner", "hud-ray"))
-                  for r in (f.rollout for f in lost)]
-
-        def reap_all() -> None:
-            import asyncio
-
-            async def go() -> None:
-                # A provider of its own: SDK clients belong to the loop that made them.
-                provider = get_provider(self.config.provider, **self.config.provider_options)
-                try:
-                    for label in labels:
-                        try:
-                            await provider.reap(label)
-                        except Exception as exc:  # the reaper CLI can finish the job later
-                            log.warning("reap %s failed: %s", label, exc)
-                finally:
-                    await provider.close()
-
-            asyncio.run(go())
-
-        thread = threading.Thread(target=reap_all, name="hud-ray-reap", daemon=True)
-        thread.start()
-        self._reapers.append(thread)
+        owner = self.config.rollout.get("owner", "hud-ray")
+        labels = [rollout_labels(self.config.run_id, f.rollout.rollout_key, owner) for f in lost]
+        if labels:
+            self._reapers.append(reap_in_background(
+                self.config.provider, self.config.provider_options, labels))
 
     # --- dispatch ----------------------------------------------------------------------
     def _dispatch(self) -> None:
@@ -262,7 +218,7 @@ class Scheduler:
             items = self._take(worker.slots - len(worker.inflight), worker)
             now = time.monotonic()
             for rollout, attempt in items:
-                worker.inflight[rollout.rollout_key] = _Flight(
+                worker.inflight[rollout.rollout_key] = Flight(
                     rollout, attempt, now, self._budget_s(rollout))
             drain = (self._source_done and not self._retry_heap and not self._lookahead
                      and not worker.drained)
@@ -270,7 +226,7 @@ class Scheduler:
             if worker.inflight or items or drain:
                 worker.step_ref = worker.actor.step.remote(items, self.config.step_wait_s, drain)
 
-    def _take(self, free: int, worker: _Worker) -> list[tuple[Rollout, int]]:
+    def _take(self, free: int, worker: WorkerSlot) -> list[tuple[Rollout, int]]:
         items: list[tuple[Rollout, int]] = []
         now = time.monotonic()
         while free > len(items) and self._retry_heap and self._retry_heap[0][0] <= now:
@@ -372,7 +328,7 @@ class Scheduler:
                                       f"{min(worker.inflight[k].budget_s for k in overdue):.0f}s; "
                                       "killed", overdue)
 
-    def _land(self, row: dict[str, Any], entry: _Flight | None) -> None:
+    def _land(self, row: dict[str, Any], entry: Flight | None) -> None:
         fatal = row.pop("_fatal", False)
         if fatal:
             # Not written: the rollout never really ran; a resume after the fix runs it.
@@ -449,25 +405,3 @@ class Scheduler:
                 ray.get(self.governor.run_finished.remote(self.config.run_id), timeout=60)
             except Exception as exc:
                 log.warning("governor run_finished: %s", exc)
-
-
-def _failure_row(flight: _Flight, config: SchedulerConfig, status: Status,
-                 message: str) -> dict[str, Any]:
-    """The row for a rollout whose worker is gone (it cannot write its own)."""
-    from hud_ray.agents import agent_name
-    from hud_ray.schema import RolloutResult, utcnow
-
-    rollout, task = flight.rollout, flight.rollout.task
-    timed_out = status is Status.TIMEOUT
-    return RolloutResult(
-        run_id=config.run_id, rollout_key=rollout.rollout_key, slug=task.slug or "",
-        env=task.env_name, template_id=task.id, args=task.args, group_id=rollout.group_id,
-        repeat=rollout.repeat, variant=rollout.variant,
-        agent=agent_name(config.agent.get(rollout.variant, "")
-                         if isinstance(config.agent, dict) else config.agent),
-        provider=config.provider, status=status,
-        timeout_phase=flight.phase if timed_out else None,
-        error_type="DeadlineExceeded" if timed_out else "WorkerDied",
-        error_message=message, attempts=flight.attempt, columns=task.columns,
-        finished_at=utcnow(), total_s=time.monotonic() - flight.sent_at,
-    ).to_row()

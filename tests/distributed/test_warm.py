@@ -42,8 +42,9 @@ def test_cold_without_warm(ray_local, tmp_path):
 def test_scheduler_prefers_rollouts_matching_a_workers_warm_kind(tmp_path):
     """Unit level (no Ray): with mixed sandbox kinds, a worker reporting warm kind-b
     sandboxes gets kind-b rollouts first; the others keep their order."""
+    from hud_ray.inflight import WorkerSlot
     from hud_ray.results import ResultWriter
-    from hud_ray.scheduler import Scheduler, SchedulerConfig, _Worker
+    from hud_ray.scheduler import Scheduler, SchedulerConfig
     from hud_ray.tasks import expand, tasks_from
     from hud_ray.warm import spec_key
     from providers import get_provider
@@ -54,11 +55,11 @@ def test_scheduler_prefers_rollouts_matching_a_workers_warm_kind(tmp_path):
                              warm_per_slot=1.0)
     sink = ResultWriter(tmp_path / "u", config={})
     scheduler = Scheduler(config, rollouts, sink, get_provider("sim"))
-    first = scheduler._take(2, _Worker(0, None, 2, "w0"))  # no warm: plain order
+    first = scheduler._take(2, WorkerSlot(0, None, 2, "w0"))  # no warm: plain order
     assert [r.task.env for r, _ in first] == ["a", "b"]
     kind_b = spec_key(first[1][0])
-    picked = scheduler._take(3, _Worker(1, None, 3, "w1", warm={kind_b: 2}))
+    picked = scheduler._take(3, WorkerSlot(1, None, 3, "w1", warm={kind_b: 2}))
     assert [r.task.env for r, _ in picked] == ["b", "b", "a"]
     assert [r.task.args["i"] for r, _ in picked] == [3, 5, 2]
-    rest = scheduler._take(20, _Worker(2, None, 20, "w2"))
+    rest = scheduler._take(20, WorkerSlot(2, None, 20, "w2"))
     assert [r.task.args["i"] for r, _ in rest] == [4, 6, 7, 8, 9, 10, 11]
