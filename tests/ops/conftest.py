@@ -12,6 +12,7 @@ import copy
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -170,9 +171,13 @@ class RayHead:
     dashboard: str  # http://127.0.0.1:PORT
     env: dict[str, str]  # for `ray job ...` clients: same auth mode, venv on PATH
     log: Path
+    token: str | None = None  # with auth_mode="token"
 
     def get(self, path: str, timeout_s: float = 5.0) -> Any:
-        with urllib.request.urlopen(self.dashboard + path, timeout=timeout_s) as resp:
+        request = urllib.request.Request(self.dashboard + path)
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
             return json.loads(resp.read())
 
     def ray_cli(self, *args: str, timeout_s: float = 120.0,
@@ -186,8 +191,10 @@ class RayHead:
 
 def _answers(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status == 200
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True  # e.g. 401 under token auth: the server is up
     except (urllib.error.URLError, OSError):
         return False
 
@@ -196,9 +203,19 @@ def _answers(url: str) -> bool:
 def ray_head(tmp: Path, *, auth_mode: str = "disabled", extra_env: dict[str, str] | None = None,
              resources: dict[str, int] | None = None,
              start_timeout_s: float = 120.0) -> Iterator[RayHead]:
-    """`ray start --head --block` on free ports; stopped by PID (never `ray stop`)."""
+    """`ray start --head --block` on free ports; stopped by PID (never `ray stop`).
+
+    auth_mode="token" generates a token into `tmp` and points head and clients at it
+    through RAY_AUTH_TOKEN_PATH (the user's ~/.ray/auth_token is never touched)."""
     dash = free_port()
     env = {**os.environ, **(extra_env or {}), "RAY_AUTH_MODE": auth_mode}
+    token = None
+    if auth_mode == "token":
+        token = secrets.token_hex(16)
+        token_path = tmp / "ray_auth_token"
+        token_path.write_text(token)
+        token_path.chmod(0o600)
+        env["RAY_AUTH_TOKEN_PATH"] = str(token_path)
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"  # the job's `hud-ray`
     env.pop("RAY_ADDRESS", None)
     # Ray's socket paths must stay under 107 bytes: pytest's tmp_path is too deep.
@@ -214,7 +231,7 @@ def ray_head(tmp: Path, *, auth_mode: str = "disabled", extra_env: dict[str, str
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    head = RayHead(proc, f"http://127.0.0.1:{dash}", env, log)
+    head = RayHead(proc, f"http://127.0.0.1:{dash}", env, log, token)
     try:
         def up() -> bool:
             if proc.poll() is not None:

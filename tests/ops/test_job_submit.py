@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import shutil
+import subprocess
 import time
 import zipfile
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from .conftest import REPO, RayHead, ray_head, wait_until
+from .conftest import REPO, VENV_BIN, RayHead, ray_head, wait_until
 
 DEMO = REPO / "examples" / "demo"
 DOCS = REPO / "docs" / "cluster.md"
@@ -78,9 +79,9 @@ def team_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
     tmp = tmp_path_factory.mktemp("head")
-    # Each job names its own state dir through runtime_env; this one catches strays.
-    # The head advertises sandbox_slots, as a cluster.yaml worker node does.
-    with ray_head(tmp, extra_env={"HUD_RAY_STATE_DIR": str(tmp / "state")},
+    # As cluster.yaml runs it: token auth, sandbox_slots on the node. Each job names its
+    # own state dir through runtime_env; this one catches strays.
+    with ray_head(tmp, auth_mode="token", extra_env={"HUD_RAY_STATE_DIR": str(tmp / "state")},
                   resources={"sandbox_slots": 64}) as h:
         yield h
 
@@ -216,6 +217,19 @@ def test_ray_job_stop_keeps_rows_and_tears_sandboxes_down(head, team_repo, tmp_p
         wait_until(lambda: not _job_processes(state), 30, "the job's processes to exit")
     except AssertionError as exc:
         raise AssertionError(f"{exc}: {_job_processes(state)}") from None
+
+
+@pytest.mark.slow
+def test_a_client_without_the_token_is_refused(head, team_repo):
+    submit(head, team_repo, "job0", {}, ["python", "-c", "print('hello')"])  # head ready
+    for env in ({"RAY_AUTH_MODE": "disabled"}, {"RAY_AUTH_TOKEN": "0" * 32}):
+        client = {k: v for k, v in head.env.items() if not k.startswith("RAY_AUTH")}
+        proc = subprocess.run([str(VENV_BIN / "ray"), "job", "submit", "--address",
+                               head.dashboard, "--no-wait", "--", "python", "-c", "1"],
+                              env={**client, **env}, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode != 0
+        assert re.search(r"(Missing|Invalid) authentication token", proc.stderr), proc.stderr
 
 
 def test_repo_as_working_dir_fits_the_upload_cap(tmp_path):
