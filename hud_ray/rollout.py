@@ -198,23 +198,15 @@ class RolloutRunner:
             # ready + connect: an env that never serves fails as infra_error (retryable)
             # instead of eating the whole rollout deadline.
             self._startup_deadline = time.monotonic() + spec.startup_timeout_s
-        except ProviderConfigError as exc:
-            raise RolloutFailure(Status.INFRA_ERROR, exc, fatal=True) from None
-        except QuotaError as exc:
-            raise RolloutFailure(Status.QUOTA_ERROR, exc) from None
         except Exception as exc:
-            raise RolloutFailure(Status.INFRA_ERROR, exc) from None
+            raise _provider_failure(exc) from None
 
     async def _ready(self) -> Endpoint:
         assert self.handle is not None
         try:
             return await self.provider.ready(self.handle, self._startup_remaining())
-        except ProviderConfigError as exc:
-            raise RolloutFailure(Status.INFRA_ERROR, exc, fatal=True) from None
-        except QuotaError as exc:
-            raise RolloutFailure(Status.QUOTA_ERROR, exc) from None
         except Exception as exc:
-            raise RolloutFailure(Status.INFRA_ERROR, exc) from None
+            raise _provider_failure(exc) from None
 
     async def _connect(self, endpoint: Endpoint) -> None:
         try:
@@ -386,6 +378,15 @@ class RolloutRunner:
             total_s=time.monotonic() - self._t0,
             sandbox_seconds=self._sandbox_s,
         )
+
+
+def _provider_failure(exc: Exception) -> RolloutFailure:
+    """A provider's error in its class: config (fatal), quota, or infra (retryable)."""
+    if isinstance(exc, ProviderConfigError):
+        return RolloutFailure(Status.INFRA_ERROR, exc, fatal=True)
+    if isinstance(exc, QuotaError):
+        return RolloutFailure(Status.QUOTA_ERROR, exc)
+    return RolloutFailure(Status.INFRA_ERROR, exc)
 
 
 def _as_text(value: Any) -> str | None:
