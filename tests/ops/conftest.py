@@ -73,6 +73,14 @@ def check_cluster_config(config: dict[str, Any], ray_version: str) -> dict[str, 
         if name != head and slots <= 0:
             problems.append(f"available_node_types.{name}: resources.sandbox_slots must be > 0 "
                             "(hud-ray's worker actors ask for sandbox_slots; none could run there)")
+    warm = [name for name, node in prepared["available_node_types"].items()
+            if name != head and node["resources"].get("sandbox_slots", 0) > 0
+            and node.get("min_workers", 0) >= 1]
+    if not warm:
+        # The scheduler asks for sandbox_slots only on a cluster that advertises them: with
+        # no slot node up, workers would pile onto the head and nothing would scale.
+        problems.append("no node type with sandbox_slots has min_workers >= 1 (the cluster "
+                        "must advertise sandbox_slots from the start)")
     problems += _ray_pin_problems(prepared, ray_version)
     problems += _start_command_problems(prepared)
     problems += _literal_secret_problems(config)

@@ -130,6 +130,9 @@ BROKEN = {
     "unknown node-type key": (
         _set("available_node_types", "rollout", "max_worker", value=5),
         r"available_node_types/rollout: .*'max_worker' was unexpected"),
+    "no slot node kept warm": (
+        _set("available_node_types", "rollout", "min_workers", value=0),
+        r"no node type with sandbox_slots has min_workers >= 1"),
     "provider type missing": (_drop("provider", "type"), r"provider\.type is missing"),
     "worker type without sandbox_slots": (
         _set("available_node_types", "rollout_spot", "resources", value={}),

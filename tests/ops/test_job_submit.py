@@ -158,6 +158,12 @@ def test_ray_job_submit_runs_hud_ray_with_an_agent_from_the_working_dir(
     assert rewards == {t: {1.0} for t in ("count", "arith", "reverse", "sort", "kv_lookup")}
     # The driver joined the head's cluster (RAY_ADDRESS) instead of starting its own Ray.
     assert {r["node_id"] for r in rows} == {info["driver_node_id"]}
+    # The worker actor asked for its slots in sandbox_slots (the head advertises them).
+    actors = head.get("/api/v0/actors?detail=true&limit=1000")["data"]["result"]["result"]
+    workers = [a for a in actors if a.get("class_name") == "RolloutWorkerImpl"
+               and a.get("job_id") == info["job_id"]]
+    assert workers, [a.get("class_name") for a in actors]
+    assert [a["required_resources"] for a in workers] == [{"sandbox_slots": 8.0}], workers
     # runtime_env reached the agent: env_vars set, excludes kept out of the upload.
     team_steps = [s for r in rows for s in json.loads(r["steps"]) if s["kind"] == "team"]
     assert len(team_steps) == 240
