@@ -115,7 +115,6 @@ def plan_run(
     `provider_options={...}` (names may clash with run settings, e.g. `flush_s`) or,
     for convenience, as extra keyword arguments."""
     from hud_ray import preflight
-    from hud_ray.scheduler import Scheduler, SchedulerConfig
 
     # Before the run directory or Ray: a bad input ends in one message, nothing touched.
     preflight.check_settings(
@@ -142,6 +141,8 @@ def plan_run(
         "provider_options": redacted(provider_options), "concurrency": concurrency,
         "timeout_s": timeout_s, "max_attempts": max_attempts,
     }
+    from hud_ray.scheduler import Scheduler, SchedulerConfig  # imports Ray: after the checks
+
     writer = ResultWriter(run_dir, config=config, resume=resume,
                           flush_rows=flush_rows, flush_s=flush_s)
     skip = done_keys(run_dir) if resume else set()
