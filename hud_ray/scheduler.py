@@ -35,7 +35,7 @@ from hud_ray.inflight import Flight, WorkerSlot, failure_row, reap_in_background
 from hud_ray.results import ResultWriter
 from hud_ray.rollout import RolloutConfig, rollout_labels, sandbox_spec
 from hud_ray.schema import RETRYABLE, Status
-from hud_ray.tasks import Rollout
+from hud_ray.tasks import Rollout, TaskFileError
 from hud_ray.warm import spec_key
 from hud_ray.worker import RolloutWorker
 from providers import Provider, UnsupportedSpecError
@@ -244,7 +244,10 @@ class Scheduler:
     def _next_new(self) -> Rollout | None:
         """The next rollout from the task stream that still has to run."""
         while not self._source_done:
-            rollout = next(self.source, None)
+            try:
+                rollout = next(self.source, None)
+            except TaskFileError as exc:  # a bad row past the plan-time scan: stop here
+                raise RunAborted(str(exc)) from None
             if rollout is None:
                 self._source_done = True
                 break
