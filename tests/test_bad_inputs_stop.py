@@ -1,0 +1,90 @@
+"""Bad inputs that stop a run already going (docs/bad-inputs.md): one line
+`hud-ray: run stopped: ...` naming the thing, exit 1, every row written so far kept, the
+manifest `aborted` — and a resume after the fix runs only what is missing.
+
+The plan-time scan covers PRESCAN_ROWS rows (200k); to reach the streaming check with a
+small file the driver runs with it lowered to 2. Ray is real (a private local one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hud_ray.results import read_manifest, read_results
+
+from .test_bad_inputs_cli import DEMO_ENV, REPO, cli_env
+
+LOW_PRESCAN_CLI = r"""
+import os, sys
+from hud_ray import preflight
+preflight.PRESCAN_ROWS = int(os.environ["TEST_PRESCAN_ROWS"])
+from hud_ray.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def drive(tmp_path: Path, tasks: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = cli_env(RAY_ADDRESS="local", TEST_PRESCAN_ROWS="2",
+                  HUD_RAY_STATE_DIR=os.environ["HUD_RAY_STATE_DIR"])
+    return subprocess.run(
+        [sys.executable, "-c", LOW_PRESCAN_CLI, "run", str(tasks), "--agent", "rule",
+         "--provider-opt", f"env_file={DEMO_ENV}", "--concurrency", "1", "--out",
+         str(tmp_path / "runs"), "--run-id", "r", "--no-progress", *extra],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+
+
+def reverse(word: str, **row: object) -> str:
+    return json.dumps({"env": "demo", "id": "reverse", "args": {"word": word}, "slug": word,
+                       **row})
+
+
+GOOD = [reverse(w) for w in ("alpha", "bravo", "charlie", "delta")]
+LAST = reverse("echo")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bad_row, named", [
+    ('{"env": "demo", "id": "reverse", "args": {"word": "foxtrot"}, ',
+     "{tasks}:5: malformed JSON"),
+    (reverse("foxtrot", runtime_config={"resources": {"gpu": {"count": 1}}}),
+     "task 'foxtrot' (task file line 5): provider 'local' cannot honour "
+     "runtime_config.resources.gpu"),
+], ids=["malformed-row", "gpu-task-on-local"])
+def test_bad_row_past_the_plan_time_scan_stops_the_run_keeping_its_rows(tmp_path, bad_row, named):
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("\n".join([*GOOD, bad_row, LAST]) + "\n")
+    done = drive(tmp_path, tasks)
+
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    stopped = [line for line in done.stderr.splitlines() if line.startswith("hud-ray: ")]
+    assert len(stopped) == 1, done.stderr[-3000:]
+    assert stopped[0].startswith("hud-ray: run stopped: "), stopped
+    assert named.format(tasks=tasks) in stopped[0], stopped
+    assert stopped[0].endswith("(rows written so far are kept)")
+
+    run_dir = tmp_path / "runs" / "r"
+    rows = read_results(run_dir).to_pylist()
+    assert sorted(r["slug"] for r in rows) == ["alpha", "bravo", "charlie", "delta"]
+    assert all(r["status"] == "ok" and r["reward"] == 1.0 for r in rows), rows
+    manifest = read_manifest(run_dir)
+    assert manifest["state"] == "aborted" and named.format(tasks=tasks) in manifest["error"]
+
+    if "malformed" not in named:
+        return
+    # Fixed, then resumed: only the missing rollouts run; the first four rows stay as written.
+    tasks.write_text("\n".join([*GOOD, reverse("foxtrot"), LAST]) + "\n")
+    again = drive(tmp_path, tasks, "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = read_results(run_dir).to_pylist()
+    assert sorted(r["slug"] for r in after) == sorted(
+        ["alpha", "bravo", "charlie", "delta", "foxtrot", "echo"])
+    first = {r["rollout_key"]: r["started_at"] for r in rows}
+    assert {r["rollout_key"]: r["started_at"] for r in after if r["rollout_key"] in first} == first
+    assert read_manifest(run_dir)["state"] == "finished"
