@@ -67,12 +67,11 @@ async def hello(url: str) -> str:
 
 
 def zygote_of(provider: LocalProvider) -> psutil.Process:
-    """The provider's one zygote (a child of this test process running zygote.py)."""
-    found = [p for p in psutil.Process().children()
-             if any(a.endswith("providers/zygote.py") for a in p.cmdline())
-             and p.pid in {q.ppid() for q in map(psutil.Process, provider.alive_pids())}]
-    assert len(found) == 1, found
-    return found[0]
+    """The provider's one zygote: the parent of its sandboxes, a child of this process."""
+    [parent] = {psutil.Process(pid).ppid() for pid in provider.alive_pids()}
+    zygote = psutil.Process(parent)
+    assert zygote.ppid() == os.getpid() and "providers/zygote.py" in " ".join(zygote.cmdline())
+    return zygote
 
 
 def open_files(pid: int) -> set[str]:
