@@ -16,6 +16,7 @@ This module imports neither Ray nor hud_ray: providers are usable on their own.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import hashlib
 import time
 from abc import ABC, abstractmethod
@@ -123,6 +124,7 @@ class Provider(ABC):
         except ValidationError as exc:
             raise ProviderConfigError(
                 f"provider {self.name!r}: bad option(s): {_describe(exc)}"
+                f"{_unknown_hint(exc, list(self.Options.model_fields))}"
             ) from None
 
     # --- plan time -------------------------------------------------------------------
@@ -182,6 +184,18 @@ class Provider(ABC):
     async def close(self) -> None:
         """Release process-wide resources (SDK clients, SSH connections)."""
         return None
+
+
+def _unknown_hint(exc: ValidationError, fields: list[str]) -> str:
+    """For a misspelt option: the likely one, else every option there is."""
+    unknown = [str(e["loc"][0]) for e in exc.errors()
+               if e["type"] == "extra_forbidden" and e["loc"]]
+    if not unknown:
+        return ""
+    close = [m for u in unknown for m in difflib.get_close_matches(u, fields, n=1)]
+    if close:
+        return f" (did you mean {', '.join(map(repr, close))}?)"
+    return f" (known options: {', '.join(fields)})"
 
 
 def _describe(exc: ValidationError) -> str:
