@@ -218,9 +218,16 @@ def test_unknown_provider_lists_the_known_ones(tmp_path):
               named=("unknown provider 'dokcer'", "local", "modal", "daytona"))
 
 
-def test_unknown_provider_option(tmp_path):
+def test_misspelt_provider_option_suggests_the_real_one(tmp_path):
     run_error(tmp_path, str(DEMO_TASKS), "--agent", "rule", "--provider-opt", "envfile=env.py",
-              named=("provider 'local'", "envfile", "Extra inputs are not permitted"))
+              named=("provider 'local': bad option(s): envfile: Extra inputs are not permitted",
+                     "(did you mean 'env_file'?)"))
+
+
+def test_unknown_provider_option_lists_the_known_ones(tmp_path):
+    run_error(tmp_path, str(DEMO_TASKS), "--agent", "rule", "--provider", "attach",
+              "--provider-opt", "url=tcp://127.0.0.1:9", "--provider-opt", "verbose=1",
+              named=("provider 'attach': bad option(s): verbose", "(known options: url)"))
 
 
 def test_provider_opt_without_equals(tmp_path):
