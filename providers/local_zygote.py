@@ -188,31 +188,38 @@ class Zygote:
                 pipe.close()
                 os.close(write_fd)
                 raise
+            # The child waits for a byte on this pipe before it runs anything. It is
+            # written only once the child is ours; on every other way out (cancelled,
+            # no answer, zygote gone, this process killed) the write end closes and the
+            # child exits by itself — whether or not its "forked" answer ever arrives.
+            go_r, go_w = os.pipe()
             reply: asyncio.Future[dict[str, Any]] = loop.create_future()
             self._waiting.append(reply)
             try:
-                socket.send_fds(self.sock, [b'{"op": "fork"}\n'], [write_fd])
-            except OSError as exc:
-                self._waiting.remove(reply)
-                transport.close()
-                raise ZygoteError(f"cannot reach the zygote: {exc}") from None
-            finally:
-                os.close(write_fd)  # the zygote has its own copy now (or never will)
-            try:
-                answer = await asyncio.wait_for(asyncio.shield(reply), FORK_TIMEOUT_S)
-            except BaseException as exc:
-                transport.close()
-                # Cancelled mid-request: the child nobody will own must not live on.
-                reply.add_done_callback(_kill_forked)
-                if isinstance(exc, TimeoutError):
+                try:
+                    socket.send_fds(self.sock, [b'{"op": "fork"}\n'], [write_fd, go_r])
+                except OSError as exc:
+                    self._waiting.remove(reply)
+                    raise ZygoteError(f"cannot reach the zygote: {exc}") from None
+                finally:
+                    os.close(write_fd)  # the zygote has its own copies now (or never will)
+                    os.close(go_r)
+                try:
+                    answer = await asyncio.wait_for(asyncio.shield(reply), FORK_TIMEOUT_S)
+                except TimeoutError:
                     self.kill()
                     raise ZygoteError(f"no answer to a fork within {FORK_TIMEOUT_S:.0f}s") from None
+                if answer.get("op") != "forked":
+                    raise ZygoteError(f"fork refused: {answer.get('error')}")
+                process = ForkedProcess(answer["pid"], answer.get("start"), reader, transport,
+                                        protocol.closed, answer["_exited"], self.preload_lines)
+                os.write(go_w, b"g")
+            except BaseException:
+                transport.close()
                 raise
-        if answer.get("op") != "forked":
-            transport.close()
-            raise ZygoteError(f"fork refused: {answer.get('error')}")
-        return ForkedProcess(answer["pid"], answer.get("start"), reader, transport,
-                             protocol.closed, answer["_exited"], self.preload_lines)
+            finally:
+                os.close(go_w)
+        return process
 
     async def _read_replies(self) -> None:
         loop = asyncio.get_running_loop()
@@ -398,14 +405,6 @@ async def _kill(process: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
     await _wait(process, 5.0)
-
-
-def _kill_forked(reply: asyncio.Future[dict[str, Any]]) -> None:
-    if not reply.cancelled() and reply.exception() is None:
-        pid = reply.result().get("pid")
-        if reply.result().get("op") == "forked" and pid:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
 
 
 def _tail(lines: collections.deque[str]) -> str:

@@ -6,14 +6,17 @@ Started by `providers.local_zygote` with the env command's own python, as
 `python -m hud.environment.server` pays per rollout), prints `ZYGOTE_READY=<json>` and then
 serves fork requests on the inherited socket fd N (newline-delimited JSON):
 
-    -> {"op": "fork"}  + the write end of a pipe (SCM_RIGHTS)
+    -> {"op": "fork"}  + fds (SCM_RIGHTS): the write end of its output pipe, the read
+                         end of its "go" pipe
     <- {"op": "forked", "pid": P, "start": T} | {"op": "error", "error": "..."}
     <- {"op": "exit", "pid": P, "code": C, "cpu_s": S}   (asynchronous, per reaped child)
 
 Each child becomes what a fresh subprocess was: its own session and process group
 (pgid = pid), stdout+stderr on the pipe, stdin on /dev/null, none of the zygote's fds, a
 fresh event loop; it prints `HUD_SERVE_PORT=` and exits the way the real entry point does
-(atexit handlers run, exit code kept). EOF on the socket (the provider closed it or died)
+(atexit handlers run, exit code kept). It starts only once the provider, having recorded
+it, writes a byte to its go pipe: EOF there (the request was cancelled, the answer lost,
+the provider died) and it exits at once — no child runs that nobody owns. EOF on the socket (the provider closed it or died)
 ends the zygote; its children live on like orphaned subprocesses (the ledger reaps them).
 
 STANDARD LIBRARY ONLY: this runs under whatever python the env uses (a hud venv without
@@ -195,24 +198,33 @@ class ForkServer:
             except ValueError:
                 self.send({"op": "error", "error": f"bad request {line[:80]!r}"})
                 continue
-            if request.get("op") != "fork" or not self.fds:
-                self.send({"op": "error", "error": f"bad request {request!r} (need a pipe fd)"})
+            if request.get("op") != "fork" or len(self.fds) < 2:
+                self.send({"op": "error", "error": f"bad request {request!r} (need 2 fds)"})
                 continue
-            self.fork(self.fds.pop(0))
+            pipe_w, go_r = self.fds.pop(0), self.fds.pop(0)
+            self.fork(pipe_w, go_r)
         return True
 
-    def fork(self, pipe_w: int) -> None:
+    def fork(self, pipe_w: int, go_r: int) -> None:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()  # or the child inherits (and repeats) our buffered output
+        # Answered only once the child leads its own group: a destroy right after the
+        # answer must find the group it signals (the child alone can setsid).
+        grouped_r, grouped_w = os.pipe()
         try:
             pid = os.fork()
         except OSError as exc:
-            os.close(pipe_w)
+            for fd in (pipe_w, go_r, grouped_r, grouped_w):
+                os.close(fd)
             self.send({"op": "error", "error": f"fork failed: {exc}"})
             return
         if pid == 0:
-            self.child(pipe_w)  # never returns
-        os.close(pipe_w)
+            os.close(grouped_r)
+            self.child(pipe_w, go_r, grouped_w)  # never returns
+        for fd in (pipe_w, go_r, grouped_w):
+            os.close(fd)
+        os.read(grouped_r, 1)  # a byte, or EOF if it died first: either way, done
+        os.close(grouped_r)
         state = proc_state(pid)  # not reaped before we reap it: this is our child's
         self.send({"op": "forked", "pid": pid, "start": state[1] if state else None})
 
@@ -227,10 +239,12 @@ class ForkServer:
             self.send({"op": "exit", "pid": pid, "code": os.waitstatus_to_exitcode(status),
                        "cpu_s": round(usage.ru_utime + usage.ru_stime, 4)})
 
-    def child(self, pipe_w: int) -> None:
+    def child(self, pipe_w: int, go_r: int, grouped_w: int) -> None:
         code = 70  # EX_SOFTWARE: only if setting the child up failed
         try:
             os.setsid()  # own session and process group (pgid = pid), like start_new_session
+            os.write(grouped_w, b"s")
+            os.close(grouped_w)
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             self.selector.close()
@@ -244,6 +258,10 @@ class ForkServer:
             os.dup2(pipe_w, 2)
             for fd in (null, pipe_w):
                 os.close(fd)
+            if not os.read(go_r, 1):
+                code = 0  # never taken on by the provider: nobody would own this sandbox
+                return
+            os.close(go_r)
             _reseed()
             code = _run_as_main(self.serve)
         except BaseException:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -29,7 +32,16 @@ from providers import LABEL_RUN, SandboxHandle, SandboxSpec, sandbox_name
 from providers.local import LocalProvider
 from providers.zygote import recognise
 
-from ..fakes.procs import DEMO_ENV, DEMO_TASKS, ENVS, REPO, alive, async_wait_until, wait_gone
+from ..fakes.procs import (
+    DEMO_ENV,
+    DEMO_TASKS,
+    ENVS,
+    REPO,
+    alive,
+    async_wait_until,
+    wait_gone,
+    wait_until,
+)
 
 PY = sys.executable
 
@@ -231,6 +243,85 @@ def test_a_create_cancelled_at_any_point_leaves_no_forked_process_behind(tmp_pat
 
     wait_gone(asyncio.run(main()))
     assert not loop_errors, loop_errors
+
+
+def serving(env_file: Path) -> list[int]:
+    """Every live process whose command line names `env_file` (zygote and children)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if str(env_file) in (proc.info["cmdline"] or []) and alive(proc.pid):
+            found.append(proc.pid)
+    return found
+
+
+def test_a_create_cancelled_then_closed_at_once_leaves_nothing_behind(tmp_path):
+    # close() stops reading the zygote's answers: a child forked for a cancelled request
+    # whose answer is never read must still not run (it never gets the go-ahead).
+    env_file = tmp_path / "env.py"
+    env_file.write_text(DEMO_ENV.read_text())  # a path only this test's processes name
+
+    async def main(steps: int) -> int:
+        provider = LocalProvider(env_file=str(env_file), state_dir=str(tmp_path))
+        kept = await provider.create(spec("kept"), {LABEL_RUN: "c"})
+        task = asyncio.create_task(provider.create(spec("cancelled"), {LABEL_RUN: "c"}))
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await provider.close()
+        return kept.data["pid"]
+
+    kept = [asyncio.run(main(steps)) for steps in range(8)]
+    wait_gone(kept)
+    wait_until(lambda: not serving(env_file), 10, f"nothing left serving {env_file}")
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_zygote_protocol_a_child_runs_only_once_told_to_and_outlives_its_zygote(tmp_path):
+    ours, theirs = socket.socketpair()
+    zygote = subprocess.Popen(
+        [PY, str(REPO / "providers" / "zygote.py"), f"--fd={theirs.fileno()}", "--",
+         "-m", "hud_ray.envkit", str(DEMO_ENV), "--port", "0"],
+        pass_fds=(theirs.fileno(),), stdout=subprocess.PIPE, text=True, cwd=REPO,
+        start_new_session=True)
+    theirs.close()
+    replies = ours.makefile("r")
+    try:
+        assert zygote.stdout.readline().startswith("ZYGOTE_READY=")
+
+        def fork() -> tuple[int, int, int]:
+            out_r, out_w = os.pipe()
+            go_r, go_w = os.pipe()
+            socket.send_fds(ours, [b'{"op": "fork"}\n'], [out_w, go_r])
+            for fd in (out_w, go_r):
+                os.close(fd)
+            answer = json.loads(replies.readline())
+            assert answer["op"] == "forked", answer
+            return answer["pid"], out_r, go_w
+
+        unwanted, out_r, go_w = fork()
+        assert os.getpgid(unwanted) == unwanted  # its own group, waiting for the go-ahead
+        os.close(go_w)  # no go-ahead: it exits without serving, without a word
+        assert json.loads(replies.readline()) == {"op": "exit", "pid": unwanted, "code": 0,
+                                                  "cpu_s": pytest.approx(0, abs=1)}
+        with os.fdopen(out_r) as output:
+            assert output.read() == ""
+
+        wanted, out_r, go_w = fork()
+        os.write(go_w, b"g")
+        os.close(go_w)
+        output = os.fdopen(out_r)
+        assert output.readline().startswith("HUD_SERVE_PORT=")
+        replies.close()
+        ours.close()  # EOF: the zygote exits; the env server it forked lives on
+        assert zygote.wait(10) == 0
+        assert alive(wanted)
+        os.killpg(wanted, signal.SIGTERM)
+        wait_gone([wanted])
+        output.close()
+    finally:
+        zygote.kill()
+        zygote.wait()
 
 
 def test_a_provider_reused_under_a_new_event_loop_starts_a_new_zygote(tmp_path):
