@@ -8,6 +8,8 @@ rollout; the ledger reaps zygote children exactly like subprocesses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import itertools
 import json
 import logging
@@ -44,6 +46,31 @@ from ..fakes.procs import (
 )
 
 PY = sys.executable
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_behind(_isolated_state: Path):
+    """Fails a test that leaves a process behind (its zygote or any env server) — and
+    kills what it left, so one failure does not litter the machine. Everything a test
+    starts inherits its HUD_RAY_STATE_DIR, which is how they are found."""
+    yield
+
+    def leftovers() -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter(["environ"]):
+            with contextlib.suppress(psutil.Error):
+                mine = (proc.info["environ"] or {}).get("HUD_RAY_STATE_DIR") == str(_isolated_state)
+                if mine and proc.pid != os.getpid() and alive(proc.pid):
+                    found.append(proc)
+        return found
+
+    gc.collect()  # a dropped provider's zygote exits once its socket is collected
+    try:
+        wait_until(lambda: not leftovers(), 10, "the test's processes to be gone")
+    finally:
+        for proc in leftovers():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 class Recording(LocalProvider):
@@ -286,6 +313,7 @@ def test_zygote_protocol_a_child_runs_only_once_told_to_and_outlives_its_zygote(
         start_new_session=True)
     theirs.close()
     replies = ours.makefile("r")
+    forked: list[int] = []
     try:
         assert zygote.stdout.readline().startswith("ZYGOTE_READY=")
 
@@ -297,6 +325,7 @@ def test_zygote_protocol_a_child_runs_only_once_told_to_and_outlives_its_zygote(
                 os.close(fd)
             answer = json.loads(replies.readline())
             assert answer["op"] == "forked", answer
+            forked.append(answer["pid"])
             return answer["pid"], out_r, go_w
 
         unwanted, out_r, go_w = fork()
@@ -322,6 +351,9 @@ def test_zygote_protocol_a_child_runs_only_once_told_to_and_outlives_its_zygote(
     finally:
         zygote.kill()
         zygote.wait()
+        for pid in forked:  # whatever the outcome, nothing of ours lives on
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
 
 
 def test_a_provider_reused_under_a_new_event_loop_starts_a_new_zygote(tmp_path):
