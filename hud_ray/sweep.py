@@ -173,6 +173,7 @@ def stream_sweep(path: str | Path, *, run_id: str | None = None, out: str | None
     """Run a sweep; yield RecordBatches as they land. See the module docstring."""
     import os
 
+    from hud_ray import preflight
     from hud_ray.api import (
         FORWARDED_ENV,
         default_provider_options,
@@ -196,6 +197,9 @@ def stream_sweep(path: str | Path, *, run_id: str | None = None, out: str | None
         options = default_provider_options(spec.provider, group[0].taskset.path, spec.options)
         provider = get_provider(spec.provider, **options)
         provider.check_config()
+        for taskset in {v.taskset.path for v in group}:  # rows, slugs, what each task asks
+            preflight.check_tasks(taskset, provider, timeout_s=config.timeout_s,
+                                  teardown_timeout_s=60.0)
         for agent in agents_for(group).values():
             agent.build()  # a bad agent spec or params fails here, not in every worker
         plans.append((label, group, options, provider))

@@ -82,3 +82,12 @@ def test_bad_sweep_files_name_the_field(tmp_path):
         load_sweep(path)
     with pytest.raises(SweepError, match="not found"):
         load_sweep(tmp_path / "missing.yaml")
+
+
+def test_sweep_with_a_bad_row_stops_before_anything_runs(tmp_path):
+    path = _sweep(tmp_path, "badrow")
+    with (tmp_path / "tasks.jsonl").open("a") as fh:
+        fh.write('{"env": "demo", "args": {}}\n')
+    with pytest.raises(Exception, match=r"tasks.jsonl:13: field 'id'"):
+        next(stream_sweep(path, progress=False))
+    assert not (tmp_path / "runs" / "badrow").exists()
