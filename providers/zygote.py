@@ -2,9 +2,10 @@
 
 Started by `providers.local_zygote` with the env command's own python, as
 `<python> zygote.py --fd=N -- -m hud_ray.envkit|hud.environment.server ENV_FILE [ARGS]`
-(the real command after `--`, so `ps` shows what it serves — as do its children). It imports the env server module and loads the env file (the ≈1.7 CPU-seconds a fresh
-`python -m hud.environment.server` pays per rollout), prints `ZYGOTE_READY=<json>` and then
-serves fork requests on the inherited socket fd N (newline-delimited JSON):
+(the real command after `--`, so `ps` shows what it serves — as do its children). It
+imports the env server module and loads the env file (the ≈1.7 CPU-seconds a fresh
+`python -m hud.environment.server` pays per rollout), prints `ZYGOTE_READY=<json>` and
+then serves fork requests on the inherited socket fd N (newline-delimited JSON):
 
     -> {"op": "fork"}  + fds (SCM_RIGHTS): the write end of its output pipe, the read
                          end of its "go" pipe
@@ -16,8 +17,9 @@ Each child becomes what a fresh subprocess was: its own session and process grou
 fresh event loop; it prints `HUD_SERVE_PORT=` and exits the way the real entry point does
 (atexit handlers run, exit code kept). It starts only once the provider, having recorded
 it, writes a byte to its go pipe: EOF there (the request was cancelled, the answer lost,
-the provider died) and it exits at once — no child runs that nobody owns. EOF on the socket (the provider closed it or died)
-ends the zygote; its children live on like orphaned subprocesses (the ledger reaps them).
+the provider died) and it exits at once — no child runs that nobody owns. EOF on the
+socket (the provider closed it or died) ends the zygote; its children live on like
+orphaned subprocesses (destroy or the ledger's reap ends them).
 
 STANDARD LIBRARY ONLY: this runs under whatever python the env uses (a hud venv without
 psutil or pydantic), and it must not import anything from `providers` either.
