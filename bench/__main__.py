@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     _prepare_env(out)
     from .common import (
+        cpu_pressure,
         machine,
         python_command,
         raise_nofile,
@@ -94,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(table_lines([bench])[2:]), flush=True)
     command = python_command()
     info["total_wall_s"] = round(time.perf_counter() - started, 1)
+    info["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    info["cpu_pressure_at_end"] = cpu_pressure()
     json_path, md_path = write_results(benches, info, command, out)
     print()
     print("\n".join(table_lines(benches)))

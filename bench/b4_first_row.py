@@ -20,7 +20,9 @@ TARGET_SLACK_S = 0.5
 
 
 def run(out: Path, quick: bool) -> Bench:
-    n = slots = 16 if quick else 64
+    # 32: enough slots for a spread of first draws; 64 one-sandbox actors would take a
+    # minute or more to start on 2 cores (B2 shows that) and blow the time budget
+    n = slots = 16 if quick else 32
     options = heavy_tail(seed=11)
     tasks = sim_tasks(n)
     rs = rollouts(tasks)
@@ -28,46 +30,53 @@ def run(out: Path, quick: bool) -> Bench:
                   f"hud_ray ≤ first rollout's duration + {TARGET_SLACK_S} s",
                   params={"rollouts": n, "slots": slots, "sim": options})
 
-    def add(name: str, first_row_s: float | None, rows: list, load0: float,
+    def add(name: str, first_row_s: float | None, rows: list, load0: float, called_at: float,
             note: str = "", **extra: float) -> Row:
         first = first_finished(rows)
         first_d = first["total_s"] if first else None
         lag = (first_row_s - first_d) if first_row_s is not None and first_d else None
+        if first is not None:
+            # where the lag goes: before the first rollout started (planning, actors) and
+            # after it finished (harvest, flush)
+            extra["first_rollout_started_after_s"] = first["started_at"].timestamp() - called_at
+            extra["first_row_after_its_finish_s"] = (
+                called_at + first_row_s - first["finished_at"].timestamp()
+                if first_row_s is not None else None)
         row = Row(name, lag, "s", load=(load0, loadavg()), note=note,
                   extra={"first_row_s": first_row_s, "first_rollout_total_s": first_d,
                          **extra})
         bench.rows.append(row)
         return row
 
-    load0 = loadavg()
+    load0, called = loadavg(), time.time()
     res = hud_ray_run(tasks, slots, options, out / "b4" / "hud_ray")
-    add("hud_ray", res["first_row_s"], res["rows"], load0,
+    add("hud_ray", res["first_row_s"], res["rows"], load0, called,
         note="first part file on disk", first_batch_s=res["first_batch_s"] or 0.0,
         makespan_s=res["wall_s"])
     if not quick:
-        load0 = loadavg()
+        load0, called = loadavg(), time.time()
         res = hud_ray_run(tasks, slots, options, out / "b4" / "hud_ray_flush0", flush_s=0.0)
-        add("hud_ray (flush_s=0)", res["first_row_s"], res["rows"], load0,
+        add("hud_ray (flush_s=0)", res["first_row_s"], res["rows"], load0, called,
             note="flush timer out of the way", makespan_s=res["wall_s"])
 
-    load0 = loadavg()
+    load0, called = loadavg(), time.time()
     res = hud_style.run(rs, slots, options, out / "b4" / "hud_style", RUN_ID)
-    add("hud-style (1 process, semaphore+gather)", res["first_row_s"], res["rows"], load0,
+    add("hud-style (1 process, semaphore+gather)", res["first_row_s"], res["rows"], load0, called,
         note="rows exist only when the gather returns")
 
     load0 = loadavg()
     target = out / "b4" / "ray_data"
     watch = first_file_at(target)
     with Poller(watch, every_s=0.005):
-        t0 = time.perf_counter()
+        t0, called = time.perf_counter(), time.time()
         res = ray_data.run(rs, slots, options, target, RUN_ID)
     seen = watch.seen.get("t")  # type: ignore[attr-defined]
     add("Ray Data map_batches + ActorPoolStrategy", (seen - t0) if seen else None,
-        res["rows"], load0, note="first file written by write_parquet")
+        res["rows"], load0, called, note="first file written by write_parquet")
 
-    load0 = loadavg()
+    load0, called = loadavg(), time.time()
     res = actor_per_sandbox.run(rs, slots, options, out / "b4" / "actor_per_sandbox", RUN_ID)
-    add("actor per sandbox + ray.wait", res["first_row_s"], res["rows"], load0,
+    add("actor per sandbox + ray.wait", res["first_row_s"], res["rows"], load0, called,
         note=f"first row in driver memory; {res['actor_start_s']:.1f} s actor start")
 
     ours = bench.rows[0]

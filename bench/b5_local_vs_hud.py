@@ -81,18 +81,23 @@ def run(out: Path, quick: bool) -> Bench:
     env_prefix = "env " + " ".join(f"{k}={v}" for k, v in HUD_ENV.items()) + " "
     command = env_prefix + f"{shlex.quote(hud_python)} -m hud.environment.server {{env_file}} --port 0"
     options: dict[str, Any] = {"env_file": str(ENV_FILE), "command": command}
-    has_zygote = "zygote" in LocalProvider.Options.model_fields
-    variants = [("hud_ray local", {})]
-    if has_zygote:
-        variants.insert(0, ("hud_ray local + zygote", {"zygote": True}))
+    variants: list[tuple[str, dict[str, Any]]] = [("hud_ray local", {})]
+    if "zygote" in LocalProvider.Options.model_fields:
+        # the option defaults to on: the plain row must turn it off explicitly
+        variants = [("hud_ray local + zygote", {"zygote": True}),
+                    ("hud_ray local, zygote=false", {"zygote": False})]
     else:
         bench.notes.append("the local provider has no `zygote` option yet: hud_ray pays a "
                            "full hud import per env process, as hud does")
     for label, extra in variants:
         load0 = loadavg()
         res = hud_ray_run(count_tasks(n), slots, {**options, **extra},
-                          out / "b5" / label.replace(" ", "_").replace("+", ""),
-                          agent="bench.agents:instant", provider="local")
+                          out / "b5" / "".join(c if c.isalnum() else "_" for c in label),
+                          agent="bench.agents:instant", provider="local",
+                          # its own run id: the local provider's governor is per machine, and
+                          # a second run under the same id has its env servers reaped by the
+                          # first one's clean-up (seen: SIGKILLed envs, even a dead worker)
+                          run_id=f"b5-{len(bench.rows)}")
         rewarded = sum(1 for r in res["rows"] if r["reward"] == 1.0)
         bench.rows.append(Row(label, res["wall_s"], "s", load=(load0, loadavg()),
                               note=f"{rewarded}/{n} rewarded",

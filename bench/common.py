@@ -183,7 +183,16 @@ def machine() -> dict[str, Any]:
         "commit": commit + ("+dirty(hud_ray/providers)" if dirty else ""),
         "rlimit_nofile": list(nofile),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "cpu_pressure_at_start": cpu_pressure(),
     }
+
+
+def cpu_pressure() -> str:
+    """Linux PSI: share of time some runnable task waited for a CPU (a busy neighbour)."""
+    try:
+        return Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return "n/a"
 
 
 def _git(*args: str) -> str:
