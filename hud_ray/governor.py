@@ -233,6 +233,9 @@ class GovernorImpl:
 Governor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)(GovernorImpl)
 
 
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray puts it on the head node only
+
+
 def governor_name(provider: str, account: str) -> str:
     return f"hud-ray-governor:{provider}:{account}"
 
@@ -243,9 +246,11 @@ def get_governor(provider: Provider, provider_options: dict[str, Any],
     """The account's governor, created on first use (race-free via get_if_exists)."""
     defaults = {"create_rate": provider.default_create_rate,
                 "live_cap": provider.default_live_cap}
+    # On the head node: its ledger lives in memory, and a worker node can go away (a
+    # restarted governor would forget every sandbox it granted).
     return Governor.options(
         name=governor_name(provider.name, provider.account()), namespace=NAMESPACE,
-        lifetime="detached", get_if_exists=True,
+        lifetime="detached", get_if_exists=True, resources={HEAD_NODE_RESOURCE: 0.001},
     ).remote(provider.name, provider_options, {**defaults, **(policy or {})}, env_vars,
              provider.account())
 

@@ -32,6 +32,7 @@ from providers import (
     LABEL_OWNER,
     LABEL_ROLLOUT,
     LABEL_RUN,
+    LABEL_WORKER,
     Endpoint,
     Provider,
     ProviderConfigError,
@@ -78,8 +79,17 @@ class RolloutFailure(Exception):
         self.fatal = fatal
 
 
+WARM_ROLLOUT_LABEL = "(warm)"  # the rollout label of a sandbox warmed ahead of its rollout
+
+
 def rollout_labels(run_id: str, rollout_key: str, owner: str) -> dict[str, str]:
     return {LABEL_RUN: run_id, LABEL_ROLLOUT: rollout_key, LABEL_OWNER: owner}
+
+
+def warm_labels(run_id: str, worker_id: str, owner: str) -> dict[str, str]:
+    """A warm sandbox has no rollout yet (and keeps these labels once one claims it): the
+    worker that made it is how a reaper finds it after that worker dies."""
+    return {**rollout_labels(run_id, WARM_ROLLOUT_LABEL, owner), LABEL_WORKER: worker_id}
 
 
 def sandbox_spec(rollout: Rollout, config: RolloutConfig, deadline_s: float) -> SandboxSpec:

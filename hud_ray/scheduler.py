@@ -33,7 +33,7 @@ from ray.exceptions import RayActorError
 
 from hud_ray.inflight import Flight, WorkerSlot, failure_row, reap_in_background
 from hud_ray.results import ResultWriter
-from hud_ray.rollout import RolloutConfig, rollout_labels, sandbox_spec
+from hud_ray.rollout import RolloutConfig, rollout_labels, sandbox_spec, warm_labels
 from hud_ray.schema import RETRYABLE, Status
 from hud_ray.tasks import Rollout, TaskFileError
 from hud_ray.warm import spec_key
@@ -185,7 +185,7 @@ class Scheduler:
                     len(worker.inflight))
         lost = list(worker.inflight.values())
         worker.inflight.clear()
-        self._reap(lost)
+        self._reap(lost, worker)
         if self.governor is not None:
             self.governor.worker_gone.remote(worker.worker_id)
         for flight in lost:
@@ -202,10 +202,13 @@ class Scheduler:
         fresh = self._new_worker(worker.index, worker.slots)
         self.workers[self.workers.index(worker)] = fresh
 
-    def _reap(self, lost: list[Flight]) -> None:
-        """Destroy what a dead worker left behind, found by labels (in the background)."""
+    def _reap(self, lost: list[Flight], worker: WorkerSlot | None = None) -> None:
+        """Destroy what a dead worker left behind, found by labels (in the background):
+        its rollouts' sandboxes and, not counting on the governor, its warm ones."""
         owner = self.config.rollout.get("owner", "hud-ray")
         labels = [rollout_labels(self.config.run_id, f.rollout.rollout_key, owner) for f in lost]
+        if worker is not None and self.config.warm_per_slot > 0:
+            labels.append(warm_labels(self.config.run_id, worker.worker_id, owner))
         if labels:
             self._reapers.append(reap_in_background(
                 self.config.provider, self.config.provider_options, labels))
@@ -387,18 +390,20 @@ class Scheduler:
     # --- teardown ----------------------------------------------------------------------
     def _teardown(self, interrupted: bool) -> None:
         refs = [w.actor.shutdown.remote() for w in self.workers]
-        try:
-            replies = ray.get(refs, timeout=90)
-        except Exception as exc:  # a worker already dead: its sandboxes go to the reaper
-            log.warning("worker shutdown: %s", exc)
-            replies = []
-        if interrupted:
-            for rows in replies:
+        ray.wait(refs, num_returns=len(refs), timeout=90)
+        for worker, ref in zip(self.workers, refs, strict=True):
+            try:
+                rows = ray.get(ref, timeout=0)
+            except Exception as exc:  # dead or stuck: what it held goes to the reaper
+                log.warning("worker %s shutdown: %s", worker.index, exc)
+                self._reap(list(worker.inflight.values()), worker)
+                continue
+            if interrupted:
                 for row in rows:
                     if row["status"] != Status.CANCELLED:
                         row.pop("_fatal", None)
                         self.sink.add(row)
-            self._reap([f for w in self.workers for f in w.inflight.values()])
+                self._reap(list(worker.inflight.values()))
         for worker in self.workers:
             ray.kill(worker.actor, no_restart=True)
         for thread in self._reapers:

@@ -22,7 +22,6 @@ from hud_ray.tasks import Rollout
 from providers import Provider, SandboxSpec, shielded
 
 log = logging.getLogger("hud_ray.warm")
-WARM_ROLLOUT_LABEL = "(warm)"
 
 
 def spec_key(rollout: Rollout) -> str:

@@ -19,10 +19,10 @@ import ray
 
 from hud_ray.agents import resolve_agent
 from hud_ray.metrics import record_live, record_row
-from hud_ray.rollout import RolloutConfig, RolloutRunner, rollout_labels
+from hud_ray.rollout import RolloutConfig, RolloutRunner, warm_labels
 from hud_ray.schema import Status
 from hud_ray.tasks import Rollout
-from hud_ray.warm import WARM_ROLLOUT_LABEL, WarmPool
+from hud_ray.warm import WarmPool
 from providers import get_provider
 
 # (rollout, attempt) as the driver sends them
@@ -61,8 +61,7 @@ class RolloutWorkerImpl:
         self.base_config = RolloutConfig(**rollout_config, worker_id=worker_id)
         self.pool: WarmPool | None = None
         if warm_depth > 0:
-            labels = rollout_labels(self.base_config.run_id, WARM_ROLLOUT_LABEL,
-                                    self.base_config.owner)
+            labels = warm_labels(self.base_config.run_id, worker_id, self.base_config.owner)
             self.pool = WarmPool(self.provider, self.base_config, warm_depth, labels, worker_id)
         self._running: dict[str, asyncio.Task[None]] = {}
         self._runners: dict[str, RolloutRunner] = {}

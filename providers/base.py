@@ -31,6 +31,8 @@ from .errors import ProviderConfigError, UnsupportedSpecError
 LABEL_RUN = "hud-ray-run"
 LABEL_ROLLOUT = "hud-ray-rollout"
 LABEL_OWNER = "hud-ray-owner"
+# Only on warm sandboxes (no rollout yet): who to reap them with when that worker dies.
+LABEL_WORKER = "hud-ray-worker"
 
 T = TypeVar("T")
 

@@ -1,7 +1,8 @@
 """Driver for the node-loss test: a 3-node Ray cluster on this machine
 (`ray.cluster_utils.Cluster`: a head and two nodes declaring 8 sandbox slots each), a run
 on the local provider, and the node hosting worker 0 removed mid-run. Prints a JSON
-summary on its last line. Run as a script: it owns its own Ray cluster."""
+summary on its last line. Run as a script: it owns its own Ray cluster. The fifth argument,
+`governor` or `no-governor`, says whether an account governor (and its reaper) is there."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from hud_ray.api import plan_run
 from hud_ray.results import read_results
 
 
-def main(tasks: str, out: str, agent: str, env_file: str) -> None:
+def main(tasks: str, out: str, agent: str, env_file: str, governor: str) -> None:
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     nodes = [cluster.add_node(num_cpus=1, resources={"sandbox_slots": 8}) for _ in range(2)]
     cluster.wait_for_nodes()
@@ -24,7 +25,8 @@ def main(tasks: str, out: str, agent: str, env_file: str) -> None:
     try:
         plan = plan_run(tasks, agent, provider="local", concurrency=8, workers=2, out=out,
                         run_id="nodeloss", progress=False, flush_rows=4,
-                        retry_backoff_s=0.1, env_file=env_file)
+                        retry_backoff_s=0.1, env_file=env_file,
+                        governor=governor == "governor")
         stream = plan.stream()
         next(stream)
         victim_worker = plan.scheduler.workers[0]
@@ -50,5 +52,5 @@ def main(tasks: str, out: str, agent: str, env_file: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:6])
     sys.exit(0 if Path(sys.argv[2]).exists() else 1)

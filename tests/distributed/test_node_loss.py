@@ -16,7 +16,10 @@ DEMO = REPO / "examples" / "demo"
 
 
 @pytest.mark.slow
-def test_node_removed_mid_run(tmp_path):
+@pytest.mark.parametrize("governor", ["governor", "no-governor"])
+def test_node_removed_mid_run(tmp_path, governor):
+    """Without a governor the driver alone must find the lost worker's sandboxes, warm
+    ones included (they carry its worker label); with one, it must not lose its ledger."""
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text("\n".join((DEMO / "tasks.jsonl").read_text().splitlines()[:48]) + "\n")
     state = tmp_path / "state"
@@ -25,7 +28,7 @@ def test_node_removed_mid_run(tmp_path):
     agent = f"{REPO / 'tests/fakes/agents.py'}:slow_rule_agent"
     proc = subprocess.run(
         [sys.executable, str(REPO / "tests/distributed/node_loss_driver.py"), str(tasks),
-         str(tmp_path / "runs"), agent, str(DEMO / "env.py")],
+         str(tmp_path / "runs"), agent, str(DEMO / "env.py"), governor],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
