@@ -139,7 +139,8 @@ class EnvClient:
         self._fail_pending(TransportError("client closed"))
         self._writer.close()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._writer.wait_closed(), 1.0)
+            async with asyncio.timeout(1.0):
+                await self._writer.wait_closed()
 
     # --- calls -----------------------------------------------------------------------
     async def call(
@@ -155,10 +156,12 @@ class EnvClient:
         self._pending[request_id] = (method, future)
         limit = self.call_timeout_s if timeout_s is None else timeout_s
         try:
-            async with self._write_lock:
-                self._writer.write(frame)
-                await self._writer.drain()
-            reply = await asyncio.wait_for(asyncio.shield(future), limit)
+            # asyncio.timeout, not wait_for: no task per call (this is the hot path).
+            async with asyncio.timeout(limit):
+                async with self._write_lock:
+                    self._writer.write(frame)
+                    await self._writer.drain()
+                reply = await future
         except TimeoutError:
             raise WireTimeout(f"{method}: no reply after {limit:.1f}s") from None
         except (ConnectionError, OSError) as exc:

@@ -91,9 +91,8 @@ async def open_stream(
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """TCP connection with a frame-sized buffer; sends `preamble` (gate secret) first."""
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, limit=_READER_LIMIT), timeout_s
-        )
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_connection(host, port, limit=_READER_LIMIT)
     except TimeoutError:
         raise WireTimeout(f"connect to {host}:{port} timed out after {timeout_s:.1f}s") from None
     except OSError as exc:
