@@ -56,7 +56,7 @@ def run(out: Path, quick: bool) -> Bench:
         extra["mean_cores_busy"] = total / wall
         if "rows" in res:
             extra["statuses"] = statuses(res["rows"])
-        for key in ("workers", "actors", "batch_size", "actor_start_s"):
+        for key in ("workers", "rows_per_step", "actors", "batch_size", "actor_start_s"):
             if key in res:
                 extra[key] = res[key]
         row = Row(name, count / wall, unit, extra=extra, note=note(res),

@@ -44,7 +44,8 @@ def hud_ray_run(tasks: list[dict[str, Any]], slots: int, sim_options: dict[str, 
     rows = read_results(plan.run_dir).to_pylist()
     return {"rows": rows, "wall_s": wall, "driver_cpu_s": cpu,
             "first_row_s": (seen - t0) if seen else None, "first_batch_s": first_batch_s,
-            "workers": plan.scheduler.config.worker_count(), "account": options.get("account")}
+            "workers": len(plan.scheduler.workers),
+            "rows_per_step": len(rows) / max(1, plan.scheduler.step_replies), "account": options.get("account")}
 
 
 def statuses(rows: list[dict[str, Any]]) -> dict[str, int]:

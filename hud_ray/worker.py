@@ -65,6 +65,7 @@ class RolloutWorkerImpl:
             self.pool = WarmPool(self.provider, self.base_config, warm_depth, labels, worker_id)
         self._running: dict[str, asyncio.Task[None]] = {}
         self._runners: dict[str, RolloutRunner] = {}
+        self._phases_sent: dict[str, str] = {}
         self._done: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
 
@@ -87,7 +88,12 @@ class RolloutWorkerImpl:
         rows, self._done = self._done, []
         # The phase of each running rollout: if this worker's loop later hangs, the
         # driver still knows where each rollout was when it records the timeout.
-        phases = {key: runner.phase for key, runner in self._runners.items()}
+        # Only what changed since the last reply: the driver keeps the rest, and a worker
+        # with hundreds of slots must not resend them all with every row.
+        phases = {}
+        for key, runner in self._runners.items():
+            if self._phases_sent.get(key) != runner.phase:
+                phases[key] = self._phases_sent[key] = runner.phase
         warm = self.pool.counts() if self.pool is not None else {}
         return {"rows": rows, "phases": phases, "warm": warm}
 
@@ -111,6 +117,7 @@ class RolloutWorkerImpl:
         self._done.append(row)
         self._running.pop(rollout.rollout_key, None)
         self._runners.pop(rollout.rollout_key, None)
+        self._phases_sent.pop(rollout.rollout_key, None)
         warm = sum(self.pool.counts().values()) if self.pool is not None else 0
         record_live(self.worker_id, self.provider.name, len(self._running) + warm)
         self._wake.set()
