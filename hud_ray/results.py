@@ -95,7 +95,9 @@ class ResultWriter:
         self.schema = arrow_schema()
         self._buffer: list[dict[str, Any]] = []
         self._written: list[pa.RecordBatch] = []  # batches not yet handed to a stream
-        self._last_flush = time.monotonic()
+        # As if the last flush were long ago: the first rows go to disk as soon as they
+        # land (a run's first row must not wait out the timer), later ones every flush_s.
+        self._last_flush = float("-inf")
         self.counts: Counter[str] = Counter()
         self.rows_written = 0
         self._prepare_dir(config, resume)

@@ -1,0 +1,40 @@
+"""ResultWriter's flush policy: the first rows reach disk at once, later ones by count or
+timer; every row read back."""
+
+from __future__ import annotations
+
+from hud_ray.results import PARTS_DIR, ResultWriter, read_results
+from hud_ray.schema import RolloutResult, Status
+
+
+def _row(i: int) -> dict:
+    return RolloutResult(run_id="r", rollout_key=f"t-{i}#0", slug=f"t-{i}", template_id="t",
+                         group_id=f"g{i}", status=Status.OK, reward=1.0).to_row()
+
+
+def _parts(writer: ResultWriter) -> list[str]:
+    return sorted(p.name for p in (writer.run_dir / PARTS_DIR).glob("part-*.parquet"))
+
+
+def test_first_rows_flush_at_once_then_by_timer(tmp_path):
+    writer = ResultWriter(tmp_path / "r", config={}, flush_rows=100, flush_s=3600)
+    assert writer.maybe_flush() is None  # nothing buffered: nothing written
+    writer.add(_row(0))
+    writer.add(_row(1))
+    first = writer.maybe_flush()
+    assert first is not None and first.num_rows == 2
+    assert _parts(writer) == ["part-00000.parquet"]
+    writer.add(_row(2))
+    assert writer.maybe_flush() is None, "within flush_s of the last part: keep buffering"
+    assert _parts(writer) == ["part-00000.parquet"]
+    writer.close()
+    assert sorted(read_results(writer.run_dir).column("rollout_key").to_pylist()) == [
+        "t-0#0", "t-1#0", "t-2#0"]
+
+
+def test_flush_by_row_count(tmp_path):
+    writer = ResultWriter(tmp_path / "r", config={}, flush_rows=3, flush_s=3600)
+    assert [writer.add(_row(i)) is not None for i in range(3)] == [False, False, True]
+    assert _parts(writer) == ["part-00000.parquet"]
+    writer.close()
+    assert read_results(writer.run_dir).num_rows == 3
