@@ -53,6 +53,13 @@ def run(out: Path, quick: bool) -> Bench:
     add("hud_ray", res["first_row_s"], res["rows"], load0, called,
         note="first part file on disk", first_batch_s=res["first_batch_s"] or 0.0,
         makespan_s=res["wall_s"])
+    # A notebook's second run: the account's governor (a detached actor) is already up, as
+    # it is for every run after the first on an account; only the workers start.
+    again = {**options, "account": res["account"]}
+    load0, called = loadavg(), time.time()
+    res = hud_ray_run(tasks, slots, again, out / "b4" / "hud_ray_again")
+    add("hud_ray (account's governor already up)", res["first_row_s"], res["rows"], load0,
+        called, note="second run on the same account", makespan_s=res["wall_s"])
     if not quick:
         load0, called = loadavg(), time.time()
         res = hud_ray_run(tasks, slots, options, out / "b4" / "hud_ray_flush0", flush_s=0.0)
@@ -84,7 +91,15 @@ def run(out: Path, quick: bool) -> Bench:
         a, b = row.extra.get("first_row_s"), ours.extra.get("first_row_s")
         row.ratio = a / b if a and b else None  # >1: hud_ray's first row came sooner
     bench.met = ours.value is not None and ours.value <= TARGET_SLACK_S
+    again = bench.rows[1]
     bench.verdict = (f"hud_ray's first row on disk {ours.extra['first_row_s']:.2f} s after the "
                      f"call; the first rollout took {ours.extra['first_rollout_total_s']:.2f} s "
-                     f"(lag {ours.value:.2f} s).")
+                     f"(lag {_s(ours.value)}, of which "
+                     f"{ours.extra.get('first_rollout_started_after_s', 0):.2f} s before it "
+                     f"started: planning, and Ray starting the worker actors). With the "
+                     f"account's governor already up: lag {_s(again.value)}.")
     return bench
+
+
+def _s(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds:.2f} s"
