@@ -114,8 +114,12 @@ def zygote_of(provider: LocalProvider) -> psutil.Process:
 
 
 def open_files(pid: int) -> set[str]:
-    """The sockets and pipes the process's fds point at ('socket:[123]', 'pipe:[456]')."""
-    links = {os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()}
+    """The sockets and pipes the process's fds point at ('socket:[123]', 'pipe:[456]').
+    A live process opens and closes files (imports) while we list: a vanished fd is skipped."""
+    links = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            links.add(os.readlink(fd))
     return {link for link in links if link.startswith(("socket:", "pipe:"))}
 
 
