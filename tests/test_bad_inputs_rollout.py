@@ -18,25 +18,10 @@ from hud_ray.rollout import RolloutConfig, run_rollout
 from hud_ray.schema import RolloutResult, Status
 from hud_ray.tasks import Rollout, Task
 from hud_ray.wire import FRAME_LIMIT_BYTES
-from providers import SandboxHandle, SandboxSpec
 from providers.attach import AttachProvider
-from providers.local import LocalProvider
 
 from .fakes.peers import Peer, reply, serving
-from .fakes.procs import ENVS, wait_gone
-
-
-class RecordingLocal(LocalProvider):
-    """The real local provider; it also remembers each env server's PID."""
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.pids: list[int] = []
-
-    async def create(self, spec: SandboxSpec, labels: dict[str, str]) -> SandboxHandle:
-        handle = await super().create(spec, labels)
-        self.pids.append(handle.data["pid"])
-        return handle
+from .fakes.procs import ENVS, RecordingLocal, wait_gone
 
 
 def rollout(template: str, **row: Any) -> Rollout:

@@ -26,10 +26,8 @@ from hud_ray.agents import Session
 from hud_ray.rollout import RolloutConfig, run_rollout
 from hud_ray.schema import Status
 from hud_ray.tasks import Rollout, Task
-from providers import SandboxHandle, SandboxSpec
-from providers.local import LocalProvider
 
-from .fakes.procs import DEMO_ENV, ENVS, REPO, EnvServer, RawConn, alive, wait_gone
+from .fakes.procs import DEMO_ENV, ENVS, REPO, EnvServer, RawConn, RecordingLocal, alive, wait_gone
 from .fakes.transcript import EXPECTED, conversation
 
 HUD_VERSION = "0.6.21"
@@ -80,15 +78,6 @@ def test_hud_server_answers_the_reference_conversation(hud_python):
 # --- (a) hud_ray drives hud's real env server -----------------------------------------------
 
 
-class RecordingLocal(LocalProvider):
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.pids: list[int] = []
-
-    async def create(self, spec: SandboxSpec, labels: dict[str, str]) -> SandboxHandle:
-        handle = await super().create(spec, labels)
-        self.pids.append(handle.data["pid"])
-        return handle
 
 
 async def probe_agent(session: Session) -> str:

@@ -20,25 +20,21 @@ from hud_ray.agents import Session, resolve_agent
 from hud_ray.rollout import RolloutConfig, run_rollout
 from hud_ray.schema import RolloutResult, Status
 from hud_ray.tasks import Rollout, Task, expand, iter_tasks
-from providers import SandboxHandle, SandboxSpec
 from providers.local import LocalProvider
 
-from .fakes.procs import DEMO_ENV, DEMO_TASKS, ENVS, alive, async_wait_until, wait_gone
+from .fakes.procs import (
+    DEMO_ENV,
+    DEMO_TASKS,
+    ENVS,
+    RecordingLocal,
+    alive,
+    async_wait_until,
+    wait_gone,
+)
 
 SOLVED = {"count", "arith", "reverse", "sort", "kv_lookup"}
 
 
-class RecordingLocal(LocalProvider):
-    """The real local provider; it only also remembers each env server's PID."""
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.pids: list[int] = []
-
-    async def create(self, spec: SandboxSpec, labels: dict[str, str]) -> SandboxHandle:
-        handle = await super().create(spec, labels)
-        self.pids.append(handle.data["pid"])
-        return handle
 
 
 def rollout_of(template: str, args: dict[str, Any] | None = None, **row: Any) -> Rollout:

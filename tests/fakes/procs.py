@@ -3,6 +3,7 @@
 - `EnvServer`: an env-server subprocess (envkit, or hud's own server) and its port.
 - `RawConn`: a bare JSON-RPC line socket, for frames our own client refuses to send.
 - `wait_gone` / `wait_until`: poll a condition with a deadline instead of sleeping.
+- `RecordingLocal`: the real local provider, also remembering each env server's PID.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from providers import SandboxHandle, SandboxSpec
+from providers.local import LocalProvider
 
 REPO = Path(__file__).resolve().parents[2]
 ENVS = Path(__file__).resolve().parent / "envs"
@@ -181,3 +185,16 @@ class RawConn:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class RecordingLocal(LocalProvider):
+    """The real local provider; it only also remembers each env server's PID."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.pids: list[int] = []
+
+    async def create(self, spec: SandboxSpec, labels: dict[str, str]) -> SandboxHandle:
+        handle = await super().create(spec, labels)
+        self.pids.append(handle.data["pid"])
+        return handle
