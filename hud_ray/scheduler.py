@@ -156,7 +156,7 @@ class Scheduler:
         count = self.config.worker_count()
         if not self.config.workers and not self._cluster_has_slots():
             # A worker is one event loop: more of them than cores only adds contention
-            # (bench B1 on 2 cores: 8 workers ≈ 580 rollouts/s, 2 workers ≈ 690/s).
+            # (bench/RESULTS.md, B1 on 2 cores: 2 workers 610 rollouts/s, 8 workers 410/s).
             cpus = int(ray.cluster_resources().get("CPU", 0))
             count = min(count, cpus) if cpus >= 1 else count
         base, extra = divmod(self.config.concurrency, count)
