@@ -27,7 +27,15 @@ import ray
 from pydantic import BaseModel
 
 from hud_ray.metrics import record_governor
-from providers import Provider, QuotaError, SandboxHandle, SandboxSpec, get_provider
+from providers import (
+    LABEL_ROLLOUT,
+    LABEL_RUN,
+    Provider,
+    QuotaError,
+    SandboxHandle,
+    SandboxSpec,
+    get_provider,
+)
 
 log = logging.getLogger("hud_ray.governor")
 NAMESPACE = "hud_ray"
@@ -43,6 +51,10 @@ class GovernorPolicy(BaseModel):
     run_lease_s: float = 30.0
     reap_interval_s: float = 2.0
     deadline_grace_s: float = 30.0
+    # A granted create whose handle never came back may still land at the provider after
+    # the reaper first looked (a worker killed mid-create, a cloud that finishes the
+    # request anyway): keep looking for it by label this long after the grant.
+    create_grace_s: float = 300.0
 
 
 @dataclass
@@ -56,6 +68,7 @@ class LedgerEntry:
     node_id: str | None = None
     handle: dict[str, Any] | None = None
     created_at: float = field(default_factory=time.time)
+    doomed: bool = False  # chosen by the reaper: an orphan now, whatever comes later
 
 
 class GovernorImpl:
@@ -193,29 +206,31 @@ class GovernorImpl:
         for entry in self.ledger.values():
             run_dead = (entry.run_id in self.finished_runs
                         or now_mono - self.run_seen.get(entry.run_id, now_mono) > lease)
-            if (run_dead or entry.worker_id in self.gone_workers
+            if (entry.doomed or run_dead or entry.worker_id in self.gone_workers
                     or now > entry.deadline + self.policy.deadline_grace_s):
+                entry.doomed = True
                 out.append(entry)
         return out
 
     async def reap_once(self) -> int:
+        """Destroy every orphan: by handle, else (its create's answer never reached us)
+        by label. Returns how many sandboxes were destroyed."""
         orphans = self._orphans()
         if not orphans:
             return 0
         provider = self._get_provider()
         done = 0
         for entry in orphans:
+            if entry.handle is None:
+                continue
             try:
-                if entry.handle is not None:
-                    await provider.destroy(SandboxHandle.model_validate(entry.handle))
-                else:  # granted, but the create's answer never reached us: find it by label
-                    await provider.reap({"hud-ray-rollout": entry.rollout_key,
-                                         "hud-ray-run": entry.run_id})
+                await provider.destroy(SandboxHandle.model_validate(entry.handle))
             except Exception as exc:
                 log.warning("reaping %s failed (will retry): %s", entry.name, exc)
                 continue
             self.ledger.pop(entry.name, None)
             done += 1
+        done += await self._reap_unanswered([e for e in orphans if e.handle is None], provider)
         self.counters["reaped"] += done
         self._changed.set()
         # Reaping is rare: release the provider's clients (and flush its books) each time.
@@ -224,10 +239,46 @@ class GovernorImpl:
             await provider.close()
         return done
 
+    async def _reap_unanswered(self, entries: list[LedgerEntry], provider: Provider) -> int:
+        """Find granted-but-unanswered creates by their run label (one listing per run)
+        and destroy them. An entry not found yet stays in the ledger, so a create that
+        lands later is still caught, until `create_grace_s` after its grant."""
+        by_run: dict[str, list[LedgerEntry]] = {}
+        for entry in entries:
+            by_run.setdefault(entry.run_id, []).append(entry)
+        done = 0
+        for run_id, run_entries in by_run.items():
+            try:
+                live = await provider.list({LABEL_RUN: run_id})
+            except Exception as exc:
+                log.warning("listing run %s's sandboxes failed (will retry): %s", run_id, exc)
+                continue
+            for entry in run_entries:
+                found = [h for h in live if _is_sandbox_of(h, entry)]
+                results = await asyncio.gather(*(provider.destroy(h) for h in found),
+                                               return_exceptions=True)
+                failed = [r for r in results if isinstance(r, Exception)]
+                if failed:
+                    log.warning("reaping %s failed (will retry): %s", entry.name, failed[0])
+                elif found:
+                    self.ledger.pop(entry.name, None)
+                    done += 1
+                elif time.time() - entry.created_at > self.policy.create_grace_s:
+                    self.ledger.pop(entry.name, None)  # its create never landed
+        return done
+
     def _get_provider(self) -> Provider:
         if self._provider is None:
             self._provider = get_provider(self.provider_name, **self.provider_options)
         return self._provider
+
+
+def _is_sandbox_of(handle: SandboxHandle, entry: LedgerEntry) -> bool:
+    """By sandbox name where the provider's listing has one (names are unique per
+    attempt); by rollout key otherwise."""
+    if handle.name:
+        return handle.name == entry.name
+    return handle.labels.get(LABEL_ROLLOUT) == entry.rollout_key
 
 
 Governor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)(GovernorImpl)

@@ -46,7 +46,8 @@ def sim_stats(account: str = "default", state_dir: str | os.PathLike[str] | None
     (default `$HUD_RAY_STATE_DIR/sim`): live, creates, destroys, peak_live (most live at
     once), max_creates_per_s (most creates in any 1 s window), quota_errors,
     create_failures, first/last_create_at (unix seconds). This process's buffered events
-    are flushed first; other live processes' are at most their `flush_s` behind."""
+    are flushed first; other live processes' destroys are always in, their creates at
+    the latest with their first event `flush_s` after their last write."""
     flush_all(account)
     return summarize(read_events(account_dir(account, state_dir)))
 

@@ -4,9 +4,11 @@
     <state_dir>/<account>/quota.bin                          token bucket + live count (mmap)
 
 Each provider instance appends to its own log, so writers never interleave and a reader
-needs no lock. Events are buffered and written at most `flush_s` later (and on list, close,
-`sim_stats` and interpreter exit): a create then costs a list append, not a syscall. A
-process killed with SIGKILL loses at most its last `flush_s` of events.
+needs no lock. A destroy is written before `destroy()` returns, as a cloud's delete is
+done once it answers: a reaper told "destroyed" must find it so in the books. Other events
+are buffered and written with the first event `flush_s` after the last write (and on list,
+close, `sim_stats` and interpreter exit): a create then costs a list append, not a syscall.
+A process killed with SIGKILL loses its buffered creates — as if they never happened.
 
 Sandboxes belong to the account, not the process (like a cloud's): one that was created
 and never destroyed stays live in the books until some process destroys it — which is
@@ -55,10 +57,10 @@ class EventLog:
         # The scheduler reaps from a thread of its own while the main thread may flush.
         self._lock = threading.Lock()
 
-    def add(self, event: tuple[Any, ...]) -> None:
+    def add(self, event: tuple[Any, ...], durable: bool = False) -> None:
         with self._lock:
             self._buf.append(event)
-        if self.flush_s == 0 or time.monotonic() >= self._next_flush:
+        if durable or self.flush_s == 0 or time.monotonic() >= self._next_flush:
             self.flush()
 
     def flush(self) -> None:

@@ -145,7 +145,7 @@ class SimProvider(Provider):
             self._foreign_destroyed.add(handle.sandbox_id)
         if self._quota is not None:
             self._quota.release()
-        self._record(("d", time.time(), handle.sandbox_id))
+        self._record(("d", time.time(), handle.sandbox_id), durable=True)
 
     async def list(self, labels: dict[str, str]) -> list[SandboxHandle]:
         """Live sandboxes of the account (every process, through the event logs)."""
@@ -190,9 +190,9 @@ class SimProvider(Provider):
         if self._log is not None:
             self._log.flush()
 
-    def _record(self, event: tuple[Any, ...]) -> None:
+    def _record(self, event: tuple[Any, ...], durable: bool = False) -> None:
         if self._log is not None:
-            self._log.add(event)
+            self._log.add(event, durable)
 
 
 def flush_all(account: str | None = None) -> None:

@@ -8,7 +8,8 @@ import signal
 import uuid
 from pathlib import Path
 
-from providers.sim import sim_stats
+from providers.sim import sim_events, sim_stats
+from providers.sim.ledger import live_sandboxes
 
 from .conftest import cli, kill_tree, wait_for
 
@@ -22,6 +23,17 @@ def _sim_tasks(path: Path, n: int) -> Path:
 def _ray_env(ray_local) -> dict[str, str]:
     return {"RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
             "HUD_RAY_STATE_DIR": os.environ["HUD_RAY_STATE_DIR"]}
+
+
+def _leftovers(account: str, governor) -> str:
+    """What a failing reaper test left behind: the live sandboxes and the ledger."""
+    import ray
+
+    events = sim_events(account)
+    live = live_sandboxes(events)
+    stats = ray.get(governor.stats.remote())
+    return (f"{len(live)} live, e.g. {list(live.values())[:3]}; governor {stats}; "
+            f"ledger {ray.get(governor.entries.remote())[:3]}")
 
 
 def test_two_drivers_share_one_account_quota(ray_local, tmp_path):
@@ -64,6 +76,8 @@ def test_reaper_cleans_up_after_driver_sigkill(ray_local, tmp_path):
         "--provider-opt", f"account={account}", "--provider-opt", "duration_s=5",
         "--concurrency", "16", "--out", str(tmp_path / "runs"), "--run-id", "k",
         "--governor-opt", "run_lease_s=3", "--governor-opt", "reap_interval_s=0.5",
+        # a create granted but never made (worker killed first) leaves the ledger after this
+        "--governor-opt", "create_grace_s=10",
         "--no-progress", env=_ray_env(ray_local))
     try:
         wait_for(lambda: sim_stats(account)["live"] >= 8, 120, "sandboxes in flight")
@@ -72,6 +86,9 @@ def test_reaper_cleans_up_after_driver_sigkill(ray_local, tmp_path):
     finally:
         kill_tree(driver)
     governor = ray.get_actor(governor_name("sim", account), namespace=NAMESPACE)
-    wait_for(lambda: sim_stats(account)["live"] == 0, 60, "the reaper to destroy orphans")
+    try:
+        wait_for(lambda: sim_stats(account)["live"] == 0, 60, "the reaper to destroy orphans")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; {_leftovers(account, governor)}") from None
     wait_for(lambda: not ray.get(governor.entries.remote("k")), 30, "an empty ledger")
     assert ray.get(governor.stats.remote())["reaped"] >= 8

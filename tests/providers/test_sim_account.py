@@ -266,3 +266,20 @@ def test_two_thousand_concurrent_rollouts_in_one_process() -> None:
 
 async def _nop(session) -> str:
     return ""
+
+
+def test_a_destroy_is_in_the_books_when_it_returns() -> None:
+    """A reaper told "destroyed" forgets the sandbox, so the books must already say so
+    (a worker killed right after its destroy returned must not leave it live)."""
+    from providers.sim.ledger import account_dir, read_events
+
+    async def go() -> None:
+        p = SimProvider(account="durable", flush_s=60)
+        handle = await p.create(spec("d0"), {LABEL_RUN: "r"})
+        await p.destroy(handle)
+        # Read the books as another process would: this one's buffers not flushed.
+        kinds = [row["e"] for row in read_events(account_dir("durable"))]
+        assert "d" in kinds
+        await p.close()
+
+    run(go())
