@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from hud_ray.metrics import record_governor
 from providers import (
@@ -42,19 +42,24 @@ NAMESPACE = "hud_ray"
 
 
 class GovernorPolicy(BaseModel):
-    create_rate: float = 10.0
-    live_cap: int = 256
-    min_rate: float = 0.2
-    increase_per_s: float = 0.5
-    decrease_factor: float = 0.5
-    quota_cooldown_s: float = 5.0
-    run_lease_s: float = 30.0
-    reap_interval_s: float = 2.0
-    deadline_grace_s: float = 30.0
-    # A granted create whose handle never came back may still land at the provider after
-    # the reaper first looked (a worker killed mid-create, a cloud that finishes the
-    # request anyway): keep looking for it by label this long after the grant.
-    create_grace_s: float = 300.0
+    """Set by the run that starts the account's governor; a later run's explicit settings
+    change it for every driver on the account (`configure`). Table: docs/cluster.md."""
+
+    create_rate: float = Field(10.0, description="sandbox creates per second, all drivers")
+    live_cap: int = Field(256, description="most sandboxes alive at once, all drivers")
+    min_rate: float = Field(0.2, description="AIMD floor for create_rate")
+    increase_per_s: float = Field(0.5, description="AIMD: creates/s added back per quiet second")
+    decrease_factor: float = Field(0.5, description="AIMD: rate multiplier on a quota error")
+    quota_cooldown_s: float = Field(5.0, description="no increase this long after a quota error")
+    run_lease_s: float = Field(30.0, description="a run without heartbeat this long is dead: "
+                               "its sandboxes are reaped")
+    reap_interval_s: float = Field(2.0, description="seconds between reaper passes")
+    deadline_grace_s: float = Field(30.0, description="a sandbox past its lifetime by this "
+                                    "much is reaped, its run alive or not")
+    # A worker killed mid-create, or a cloud that finishes the request anyway, can make a
+    # sandbox appear after the reaper first looked for it.
+    create_grace_s: float = Field(300.0, description="a granted create whose answer never "
+                                  "came is looked for by label this long after the grant")
 
 
 @dataclass
@@ -154,6 +159,19 @@ class GovernorImpl:
         record_governor(self.provider_name, self.account, self._throttled_unreported,
                         len(self.ledger), self.rate)
         self._throttled_unreported = 0
+
+    async def configure(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Apply a run's explicit settings to this running governor — so to every driver
+        on the account from now on. Returns what changed."""
+        changed = {k: v for k, v in overrides.items() if getattr(self.policy, k) != v}
+        if changed:
+            self.policy = GovernorPolicy(**{**self.policy.model_dump(), **changed})
+            if "create_rate" in changed:
+                self.rate = self.policy.create_rate
+            self._changed.set()  # a raised live cap frees waiting grants now
+            log.warning("governor %s/%s: policy changed by a run: %s",
+                        self.provider_name, self.account, changed)
+        return changed
 
     # --- runs and workers ------------------------------------------------------------
     async def heartbeat(self, run_id: str) -> None:
@@ -293,17 +311,21 @@ def governor_name(provider: str, account: str) -> str:
 
 def get_governor(provider: Provider, provider_options: dict[str, Any],
                  policy: dict[str, Any] | None = None,
-                 env_vars: dict[str, str] | None = None) -> Any:
-    """The account's governor, created on first use (race-free via get_if_exists)."""
+                 env_vars: dict[str, str] | None = None, apply_policy: bool = True) -> Any:
+    """The account's governor, created on first use (race-free via get_if_exists);
+    `apply_policy`: make `policy` (explicit settings) hold on a governor already up."""
     defaults = {"create_rate": provider.default_create_rate,
                 "live_cap": provider.default_live_cap}
     # On the head node: its ledger lives in memory, and a worker node can go away (a
     # restarted governor would forget every sandbox it granted).
-    return Governor.options(
+    governor = Governor.options(
         name=governor_name(provider.name, provider.account()), namespace=NAMESPACE,
         lifetime="detached", get_if_exists=True, resources={HEAD_NODE_RESOURCE: 0.001},
     ).remote(provider.name, provider_options, {**defaults, **(policy or {})}, env_vars,
              provider.account())
+    if policy and apply_policy:  # an earlier run may have started it with other settings
+        ray.get(governor.configure.remote(policy), timeout=60)
+    return governor
 
 
 class GovernorClient:

@@ -52,7 +52,9 @@ class RolloutWorkerImpl:
         if governor_policy is not None:
             from hud_ray.governor import GovernedProvider, GovernorClient, get_governor
 
-            governor = get_governor(self.provider, provider_options, governor_policy, env_vars)
+            # The driver already applied the run's policy; a worker only finds the actor.
+            governor = get_governor(self.provider, provider_options, governor_policy, env_vars,
+                                    apply_policy=False)
             self.provider = GovernedProvider(
                 self.provider, GovernorClient(governor, worker_id), worker_id, self.node_id)
         # One agent, or one per sweep variant ({variant: spec}).

@@ -92,3 +92,20 @@ def test_reaper_cleans_up_after_driver_sigkill(ray_local, tmp_path):
         raise AssertionError(f"{exc}; {_leftovers(account, governor)}") from None
     wait_for(lambda: not ray.get(governor.entries.remote("k")), 30, "an empty ledger")
     assert ray.get(governor.stats.remote())["reaped"] >= 8
+
+
+def test_a_later_runs_explicit_policy_holds_on_the_running_governor(ray_local):
+    import ray
+
+    from hud_ray.governor import get_governor
+    from providers.sim import SimProvider
+
+    account = f"acct-{uuid.uuid4().hex[:6]}"
+    provider = SimProvider(account=account)
+    first = get_governor(provider, {"account": account}, {"live_cap": 3})
+    again = get_governor(provider, {"account": account}, {"live_cap": 5, "create_rate": 7.0})
+    assert ray.get(again.stats.remote())["policy"]["live_cap"] == 5
+    assert ray.get(first.stats.remote())["policy"]["create_rate"] == 7.0  # one actor
+    found = get_governor(provider, {"account": account}, {"live_cap": 9}, apply_policy=False)
+    assert ray.get(found.stats.remote())["policy"]["live_cap"] == 5, "a worker only finds it"
+    ray.kill(found)

@@ -1,4 +1,4 @@
-"""The governor's reaper without Ray: orphans whose create never answered the governor."""
+"""The governor without Ray: its reaper (orphans whose create never answered) and policy."""
 
 from __future__ import annotations
 
@@ -90,3 +90,28 @@ def test_a_create_that_never_lands_is_forgotten_after_the_grace() -> None:
         assert (await gov.stats())["reaped"] == 0, "nothing was destroyed: none counted"
 
     asyncio.run(go())
+
+
+def test_a_later_runs_explicit_settings_change_the_running_governor() -> None:
+    async def go() -> None:
+        gov = _governor(f"cfg-{uuid.uuid4().hex[:6]}", live_cap=1, create_rate=1000)
+        await _grant(gov, "sb-1")
+        assert await gov.acquire("w1", [_entry("sb-2")], timeout_s=0.05) == 0, "at the cap"
+        assert await gov.configure({"live_cap": 2, "create_rate": 500.0}) == {
+            "live_cap": 2, "create_rate": 500.0}
+        assert await gov.acquire("w1", [_entry("sb-2")], timeout_s=0.05) == 1
+        stats = await gov.stats()
+        assert stats["policy"]["live_cap"] == 2 and stats["rate"] == 500.0
+        assert await gov.configure({"live_cap": 2}) == {}, "unchanged: nothing to report"
+
+    asyncio.run(go())
+
+
+def test_every_policy_setting_is_in_the_cluster_docs() -> None:
+    from pathlib import Path
+
+    from hud_ray.governor import GovernorPolicy
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "cluster.md").read_text()
+    missing = [k for k in GovernorPolicy.model_fields if f"| `{k}` |" not in doc]
+    assert not missing, f"docs/cluster.md section 7 lacks {missing}"
