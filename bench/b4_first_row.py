@@ -66,6 +66,13 @@ def run(out: Path, quick: bool) -> Bench:
         add("hud_ray (flush_s=0)", res["first_row_s"], res["rows"], load0, called,
             note="flush timer out of the way", makespan_s=res["wall_s"])
 
+    # What any design that starts its actors when the run starts pays before its first
+    # rollout can begin: Ray starting that many bare actors (no hud_ray code in them).
+    load0 = loadavg()
+    start_s = bare_actor_start_s(res["workers"])
+    bench.rows.append(Row(f"reference: Ray starting {res['workers']} bare actor(s)", start_s, "s",
+                          load=(load0, loadavg()), note="the floor under hud_ray's lag here"))
+
     load0, called = loadavg(), time.time()
     res = hud_style.run(rs, slots, options, out / "b4" / "hud_style", RUN_ID)
     add("hud-style (1 process, semaphore+gather)", res["first_row_s"], res["rows"], load0, called,
@@ -88,17 +95,39 @@ def run(out: Path, quick: bool) -> Bench:
 
     ours = bench.rows[0]
     for row in bench.rows[1:]:
+        if row.contender.startswith("reference"):
+            continue
         a, b = row.extra.get("first_row_s"), ours.extra.get("first_row_s")
         row.ratio = a / b if a and b else None  # >1: hud_ray's first row came sooner
     bench.met = ours.value is not None and ours.value <= TARGET_SLACK_S
     again = bench.rows[1]
+    bare = next(r for r in bench.rows if r.contender.startswith("reference"))
     bench.verdict = (f"hud_ray's first row on disk {ours.extra['first_row_s']:.2f} s after the "
                      f"call; the first rollout took {ours.extra['first_rollout_total_s']:.2f} s "
                      f"(lag {_s(ours.value)}, of which "
                      f"{ours.extra.get('first_rollout_started_after_s', 0):.2f} s before it "
-                     f"started: planning, and Ray starting the worker actors). With the "
-                     f"account's governor already up: lag {_s(again.value)}.")
+                     f"started: planning, and Ray starting the worker actors — bare actors "
+                     f"alone took {_s(bare.value)}). With the account's governor already "
+                     f"up: lag {_s(again.value)}.")
     return bench
+
+
+def bare_actor_start_s(count: int) -> float:
+    """Seconds from creating `count` empty Ray actors to each answering a call."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Bare:
+        def ping(self) -> int:
+            return 1
+
+    t0 = time.perf_counter()
+    actors = [Bare.remote() for _ in range(count)]
+    ray.get([a.ping.remote() for a in actors])
+    elapsed = time.perf_counter() - t0
+    for actor in actors:
+        ray.kill(actor)
+    return elapsed
 
 
 def _s(seconds: float | None) -> str:

@@ -31,8 +31,12 @@ def test_bench_quick_b4_runs_every_contender(tmp_path):
     (b4,) = results["benchmarks"]
     assert b4["id"] == "B4" and b4["skipped"] is None
     rows = {r["contender"].split(" ")[0]: r for r in b4["rows"]}
-    assert set(rows) >= {"hud_ray", "hud-style", "Ray", "actor"}
+    assert set(rows) >= {"hud_ray", "hud-style", "Ray", "actor", "reference:"}
+    reference = [r for r in b4["rows"] if r["contender"].startswith("reference")]
+    assert len(reference) == 1 and 0 < reference[0]["value"], reference
     for row in b4["rows"]:
+        if row in reference:
+            continue
         first_row_s = row["extra"]["first_row_s"]
         first_rollout_s = row["extra"]["first_rollout_total_s"]
         # a row can only land after the first rollout ran
