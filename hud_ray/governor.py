@@ -28,8 +28,8 @@ from pydantic import BaseModel, Field
 
 from hud_ray.metrics import record_governor
 from providers import (
-    LABEL_ROLLOUT,
     LABEL_RUN,
+    LABEL_SANDBOX,
     Provider,
     QuotaError,
     SandboxHandle,
@@ -59,7 +59,8 @@ class GovernorPolicy(BaseModel):
     # A worker killed mid-create, or a cloud that finishes the request anyway, can make a
     # sandbox appear after the reaper first looked for it.
     create_grace_s: float = Field(300.0, description="a granted create whose answer never "
-                                  "came is looked for by label this long after the grant")
+                                  "came is looked for by label this long after the grant "
+                                  "(and counts against live_cap meanwhile)")
 
 
 @dataclass
@@ -74,6 +75,8 @@ class LedgerEntry:
     handle: dict[str, Any] | None = None
     created_at: float = field(default_factory=time.time)
     doomed: bool = False  # chosen by the reaper: an orphan now, whatever comes later
+    looks: int = 0  # label searches so far for a create that never answered
+    next_look: float = 0.0
 
 
 class GovernorImpl:
@@ -99,7 +102,9 @@ class GovernorImpl:
         self.counters = {"granted": 0, "throttled": 0, "quota_errors": 0, "reaped": 0}
         self._changed = asyncio.Event()
         self._reaper: asyncio.Task[None] | None = None
+        self._reap_lock = asyncio.Lock()  # passes never overlap (they share the provider)
         self._provider: Provider | None = None
+        self.run_lease: dict[str, float] = {}  # a run's own lease, from its heartbeats
 
     # --- quota -------------------------------------------------------------------------
     def _refill(self) -> None:
@@ -115,6 +120,8 @@ class GovernorImpl:
                       timeout_s: float = 1.0) -> int:
         """Grant up to len(entries) creates; record the granted entries in the ledger."""
         self._ensure_reaper()
+        for raw in entries:
+            await self._settle_name(raw["name"])
         deadline = time.monotonic() + timeout_s
         while True:
             self._refill()
@@ -174,9 +181,13 @@ class GovernorImpl:
         return changed
 
     # --- runs and workers ------------------------------------------------------------
-    async def heartbeat(self, run_id: str) -> None:
+    async def heartbeat(self, run_id: str, lease_s: float | None = None) -> None:
+        """The run is alive. `lease_s`: its own lease, so a later run that changes the
+        policy's `run_lease_s` does not shorten the lease of a run already going."""
         self._ensure_reaper()
         self.run_seen[run_id] = time.monotonic()
+        if lease_s is not None:
+            self.run_lease[run_id] = lease_s
 
     async def run_finished(self, run_id: str) -> None:
         self.finished_runs.add(run_id)
@@ -213,15 +224,15 @@ class GovernorImpl:
         while True:
             await asyncio.sleep(self.policy.reap_interval_s)
             try:
-                await self.reap_once()
+                await self.reap_once(force=False)
             except Exception as exc:  # keep reaping; log the failure
                 log.warning("reaper pass failed: %s", exc)
 
     def _orphans(self) -> list[LedgerEntry]:
         now_mono, now = time.monotonic(), time.time()
-        lease = self.policy.run_lease_s
         out = []
         for entry in self.ledger.values():
+            lease = self.run_lease.get(entry.run_id, self.policy.run_lease_s)
             run_dead = (entry.run_id in self.finished_runs
                         or now_mono - self.run_seen.get(entry.run_id, now_mono) > lease)
             if (entry.doomed or run_dead or entry.worker_id in self.gone_workers
@@ -230,73 +241,75 @@ class GovernorImpl:
                 out.append(entry)
         return out
 
-    async def reap_once(self) -> int:
-        """Destroy every orphan: by handle, else (its create's answer never reached us)
-        by label. Returns how many sandboxes were destroyed."""
-        orphans = self._orphans()
-        if not orphans:
-            return 0
-        provider = self._get_provider()
-        done = 0
-        for entry in orphans:
-            if entry.handle is None:
-                continue
-            try:
-                await provider.destroy(SandboxHandle.model_validate(entry.handle))
-            except Exception as exc:
-                log.warning("reaping %s failed (will retry): %s", entry.name, exc)
-                continue
-            self.ledger.pop(entry.name, None)
-            done += 1
-        done += await self._reap_unanswered([e for e in orphans if e.handle is None], provider)
-        self.counters["reaped"] += done
-        self._changed.set()
-        # Reaping is rare: release the provider's clients (and flush its books) each time.
-        self._provider = None
-        with contextlib.suppress(Exception):
-            await provider.close()
-        return done
+    async def reap_once(self, force: bool = True) -> int:
+        """Destroy every orphan: by handle, else (its create never answered us) found by
+        its sandbox label. `force=False` (the timer): creates that never answered are
+        looked for with backoff. Returns how many sandboxes were destroyed."""
+        async with self._reap_lock:
+            orphans = self._orphans()
+            if not orphans:
+                return 0
+            provider = self._get_provider()
+            done = 0
+            for entry in orphans:
+                if entry.handle is None and not force and time.time() < entry.next_look:
+                    continue
+                done += await self._reap_entry(entry, provider)
+            self.counters["reaped"] += done
+            self._changed.set()
+            if not any(e.doomed for e in self.ledger.values()):
+                # Nothing left to look for: release the provider's clients (and flush its
+                # books) until the next orphan.
+                self._provider = None
+                with contextlib.suppress(Exception):
+                    await provider.close()
+            return done
 
-    async def _reap_unanswered(self, entries: list[LedgerEntry], provider: Provider) -> int:
-        """Find granted-but-unanswered creates by their run label (one listing per run)
-        and destroy them. An entry not found yet stays in the ledger, so a create that
-        lands later is still caught, until `create_grace_s` after its grant."""
-        by_run: dict[str, list[LedgerEntry]] = {}
-        for entry in entries:
-            by_run.setdefault(entry.run_id, []).append(entry)
-        done = 0
-        for run_id, run_entries in by_run.items():
-            try:
-                live = await provider.list({LABEL_RUN: run_id})
-            except Exception as exc:
-                log.warning("listing run %s's sandboxes failed (will retry): %s", run_id, exc)
-                continue
-            for entry in run_entries:
-                found = [h for h in live if _is_sandbox_of(h, entry)]
-                results = await asyncio.gather(*(provider.destroy(h) for h in found),
-                                               return_exceptions=True)
-                failed = [r for r in results if isinstance(r, Exception)]
-                if failed:
-                    log.warning("reaping %s failed (will retry): %s", entry.name, failed[0])
-                elif found:
-                    self.ledger.pop(entry.name, None)
-                    done += 1
-                elif time.time() - entry.created_at > self.policy.create_grace_s:
-                    self.ledger.pop(entry.name, None)  # its create never landed
-        return done
+    async def _reap_entry(self, entry: LedgerEntry, provider: Provider) -> int:
+        """Destroy one orphan's sandbox; 1 if destroyed. A create that has not answered
+        stays in the ledger (a create can land after the first look) until found or
+        `create_grace_s` after its grant."""
+        by_handle = entry.handle is not None
+        try:
+            if by_handle:
+                found = [SandboxHandle.model_validate(entry.handle)]
+            else:
+                entry.looks += 1
+                entry.next_look = time.time() + min(30.0, 0.5 * 2 ** entry.looks)
+                found = await provider.list({LABEL_RUN: entry.run_id, LABEL_SANDBOX: entry.name})
+            for handle in found:
+                await provider.destroy(handle)
+        except Exception as exc:
+            log.warning("reaping %s failed (will retry): %s", entry.name, exc)
+            found = None
+        if self.ledger.get(entry.name) is not entry:
+            return 1 if found else 0  # reported destroyed meanwhile
+        if found:
+            self.ledger.pop(entry.name)
+            return 1
+        if entry.handle is None and time.time() - entry.created_at > self.policy.create_grace_s:
+            log.warning("gave up looking for sandbox %s (granted %.0f s ago, never seen)",
+                        entry.name, time.time() - entry.created_at)
+            self.ledger.pop(entry.name)
+        return 0
+
+    async def _settle_name(self, name: str) -> None:
+        """A resumed run reuses its dead predecessor's sandbox names. Before granting one,
+        reap the orphan still holding it: nothing by that name is the new one yet."""
+        old = self.ledger.get(name)
+        if old is None or not old.doomed:
+            return
+        async with self._reap_lock:
+            if self.ledger.get(name) is not old:
+                return
+            self.counters["reaped"] += await self._reap_entry(old, self._get_provider())
+            if self.ledger.get(name) is old:
+                self.ledger.pop(name)  # not found: from here on the name is the new run's
 
     def _get_provider(self) -> Provider:
         if self._provider is None:
             self._provider = get_provider(self.provider_name, **self.provider_options)
         return self._provider
-
-
-def _is_sandbox_of(handle: SandboxHandle, entry: LedgerEntry) -> bool:
-    """By sandbox name where the provider's listing has one (names are unique per
-    attempt); by rollout key otherwise."""
-    if handle.name:
-        return handle.name == entry.name
-    return handle.labels.get(LABEL_ROLLOUT) == entry.rollout_key
 
 
 Governor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)(GovernorImpl)
@@ -424,6 +437,7 @@ class GovernedProvider(Provider):
         self.inner.check_spec(spec)
 
     async def create(self, spec: SandboxSpec, labels: dict[str, str]) -> SandboxHandle:
+        labels = {**labels, LABEL_SANDBOX: spec.name}
         entry = {"name": spec.name, "run_id": labels.get("hud-ray-run", ""),
                  "rollout_key": labels.get("hud-ray-rollout", ""), "labels": labels,
                  "deadline": time.time() + spec.lifetime_s, "worker_id": self.worker_id,

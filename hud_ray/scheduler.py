@@ -392,7 +392,7 @@ class Scheduler:
         every = min(self.config.heartbeat_s, lease / 3)  # a few beats per lease, always
         if self.governor is not None and now - self._last_heartbeat >= every:
             self._last_heartbeat = now
-            self.governor.heartbeat.remote(self.config.run_id)
+            self.governor.heartbeat.remote(self.config.run_id, lease)
 
     # --- teardown ----------------------------------------------------------------------
     def _teardown(self, interrupted: bool) -> None:

@@ -33,6 +33,8 @@ LABEL_ROLLOUT = "hud-ray-rollout"
 LABEL_OWNER = "hud-ray-owner"
 # Only on warm sandboxes (no rollout yet): who to reap them with when that worker dies.
 LABEL_WORKER = "hud-ray-worker"
+# Put by the governor's wrapper: finds a sandbox whose create never answered, exactly.
+LABEL_SANDBOX = "hud-ray-sandbox"
 
 T = TypeVar("T")
 

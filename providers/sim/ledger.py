@@ -8,7 +8,8 @@ needs no lock. A destroy is written before `destroy()` returns, as a cloud's del
 done once it answers: a reaper told "destroyed" must find it so in the books. Other events
 are buffered and written with the first event `flush_s` after the last write (and on list,
 close, `sim_stats` and interpreter exit): a create then costs a list append, not a syscall.
-A process killed with SIGKILL loses its buffered creates — as if they never happened.
+A process killed with SIGKILL loses its buffered creates from the books (the quota file's
+live count, taken at create, stays taken: see `AccountQuota`).
 
 Sandboxes belong to the account, not the process (like a cloud's): one that was created
 and never destroyed stays live in the books until some process destroys it — which is

@@ -31,8 +31,9 @@ class SimOptions(BaseModel):
     seed: int = 0
     state_dir: str | None = Field(None, description="holds <account>/ (default $HUD_RAY_STATE_DIR/sim)")
     record: bool = Field(True, description="append create/destroy events to the account log")
-    flush_s: float = Field(0.25, ge=0.0, description="buffer creates and quota events this long "
-                           "(destroys are always written at once); 0 = write each")
+    flush_s: float = Field(0.25, ge=0.0, description="write buffered creates and quota events with "
+                           "the first event this long after the last write (and on list, "
+                           "close, exit); destroys are written at once; 0 = write each")
     host: str = "127.0.0.1"
 
     # time: cold start (create → ready) and the template's work (tasks.start → grade reply)
