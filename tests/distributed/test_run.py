@@ -156,6 +156,9 @@ def test_driver_memory_flat_on_a_million_rows(tmp_path):
     try:
         def enough() -> bool:
             nonlocal peak_kb
+            if driver.poll() is not None:  # fail now, with its words, not after the wait
+                raise AssertionError(f"driver exited ({driver.returncode}) early: "
+                                     f"{driver.stderr.read()[-3000:]}")
             peak_kb = max(peak_kb, _vm_hwm_kb(driver.pid))
             try:
                 return sum(read_manifest(out / "big").get("counts", {}).values()) >= 300
