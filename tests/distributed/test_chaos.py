@@ -60,7 +60,9 @@ def test_chaos_then_driver_sigkill_and_resume(ray_local, tmp_path):
             "--workers", "4", "--out", str(tmp_path / "runs"), "--run-id", "chaos",
             "--timeout", "3", "--max-attempts", str(MAX_ATTEMPTS), "--warm", "0",
             "--no-progress", "--governor-opt", "run_lease_s=6",
-            "--governor-opt", "reap_interval_s=0.5", "--governor-opt", "deadline_grace_s=5"]
+            "--governor-opt", "reap_interval_s=0.5", "--governor-opt", "deadline_grace_s=5",
+            # a grant whose worker was killed before its create leaves the ledger after this
+            "--governor-opt", "create_grace_s=10"]
     for key, value in sim_opts.items():
         args += ["--provider-opt", f"{key}={value}"]
     env = {"RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
@@ -114,4 +116,9 @@ def test_chaos_then_driver_sigkill_and_resume(ray_local, tmp_path):
     assert any(r["attempts"] > 1 and r["status"] == "ok" for r in rows), "retries happened"
     governor = ray_local.get_actor(governor_name("sim", account), namespace=NAMESPACE)
     wait_for(lambda: sim_stats(account)["live"] == 0, 120, "0 sandboxes left in the sim")
-    wait_for(lambda: not ray_local.get(governor.entries.remote("chaos")), 60, "an empty ledger")
+    try:
+        wait_for(lambda: not ray_local.get(governor.entries.remote("chaos")), 60,
+                 "an empty ledger")
+    except AssertionError as exc:
+        left = ray_local.get(governor.entries.remote("chaos"))
+        raise AssertionError(f"{exc}: {len(left)} entries, e.g. {left[:3]}") from None
