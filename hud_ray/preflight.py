@@ -66,7 +66,8 @@ def check_governor(governor: Any) -> None:
 
 
 # Governor settings where 0 means "none" rather than "stuck".
-ZERO_OK = ("min_rate", "increase_per_s", "quota_cooldown_s", "deadline_grace_s")
+ZERO_OK = ("min_rate", "increase_per_s", "quota_cooldown_s", "deadline_grace_s",
+           "create_grace_s")
 
 
 def check_task_source(tasks: Any) -> None:
