@@ -303,8 +303,10 @@ class GovernorImpl:
             if self.ledger.get(name) is not old:
                 return
             self.counters["reaped"] += await self._reap_entry(old, self._get_provider())
-            if self.ledger.get(name) is old:
-                self.ledger.pop(name)  # not found: from here on the name is the new run's
+            if self.ledger.get(name) is old:  # not found: the name is the new run's now
+                log.warning("sandbox name %s reused by a resumed run before its previous "
+                            "holder was found; a late create of that one is not reaped", name)
+                self.ledger.pop(name)
 
     def _get_provider(self) -> Provider:
         if self._provider is None:
