@@ -42,6 +42,8 @@ def main(tasks: str, out: str, agent: str, env_file: str, governor: str) -> None
             "rows": len(rows), "keys": len({r["rollout_key"] for r in rows}),
             "statuses": sorted({r["status"] for r in rows}),
             "in_flight": in_flight,
+            "in_flight_rows": {r["rollout_key"]: [r["attempts"], r["node_id"]] for r in rows
+                               if r["rollout_key"] in in_flight},
             "retried": sorted(r["rollout_key"] for r in rows if r["attempts"] > 1),
             "placement": placement, "victim": node_id,
             "final_nodes": sorted({r["node_id"] for r in rows if r["attempts"] > 1}),
