@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 
 from hud_ray.metrics import record_governor
 from providers import (
+    LABEL_ROLLOUT,
     LABEL_RUN,
     LABEL_SANDBOX,
     Provider,
@@ -440,8 +441,8 @@ class GovernedProvider(Provider):
 
     async def create(self, spec: SandboxSpec, labels: dict[str, str]) -> SandboxHandle:
         labels = {**labels, LABEL_SANDBOX: spec.name}
-        entry = {"name": spec.name, "run_id": labels.get("hud-ray-run", ""),
-                 "rollout_key": labels.get("hud-ray-rollout", ""), "labels": labels,
+        entry = {"name": spec.name, "run_id": labels.get(LABEL_RUN, ""),
+                 "rollout_key": labels.get(LABEL_ROLLOUT, ""), "labels": labels,
                  "deadline": time.time() + spec.lifetime_s, "worker_id": self.worker_id,
                  "node_id": self.node_id}
         await self.client.acquire(entry)

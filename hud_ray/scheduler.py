@@ -112,14 +112,17 @@ class Scheduler:
         self.governor: Any = None
         self._has_slots: bool | None = None
         self._last_heartbeat = 0.0
+        self._lease_s = 0.0  # this run's own lease, sent with each heartbeat (governor only)
         self.step_replies = 0  # harvested `step` calls: rows per reply is the batching
 
     # --- public --------------------------------------------------------------------------
     def run(self) -> Iterator[pa.RecordBatch]:
         """Drive the run; yield each Parquet batch as it is written."""
         if self.config.governor is not None:
-            from hud_ray.governor import get_governor
+            from hud_ray.governor import GovernorPolicy, get_governor
 
+            default_lease = GovernorPolicy.model_fields["run_lease_s"].default
+            self._lease_s = float(self.config.governor.get("run_lease_s", default_lease))
             self.governor = get_governor(self.provider, self.config.provider_options,
                                          self.config.governor, self.config.env_vars)
             if self.config.resume:  # what the previous driver left alive is orphaned now
@@ -387,12 +390,13 @@ class Scheduler:
 
     def _heartbeat(self) -> None:
         """Tell the governor this run is alive; without it the reaper takes its sandboxes."""
+        if self.governor is None:
+            return
         now = time.monotonic()
-        lease = float((self.config.governor or {}).get("run_lease_s", 30.0))
-        every = min(self.config.heartbeat_s, lease / 3)  # a few beats per lease, always
-        if self.governor is not None and now - self._last_heartbeat >= every:
+        every = min(self.config.heartbeat_s, self._lease_s / 3)  # a few beats per lease
+        if now - self._last_heartbeat >= every:
             self._last_heartbeat = now
-            self.governor.heartbeat.remote(self.config.run_id, lease)
+            self.governor.heartbeat.remote(self.config.run_id, self._lease_s)
 
     # --- teardown ----------------------------------------------------------------------
     def _teardown(self, interrupted: bool) -> None:
