@@ -9,23 +9,15 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev,notebook,modal,daytona]"
+	$(BIN)/pip install --quiet -e ".[dev,notebook,modal,daytona,hud]"
 	touch $(STAMP)
 
 setup: $(STAMP)
 
-# hud itself lives in its own venv, never in .venv: the interop tests run hud's real env
-# server and client from it (tests/test_hud_interop.py; HUD_PYTHON overrides the path).
-HUD_VENV  := .venv-hud
-HUD_STAMP := $(HUD_VENV)/.installed
-
-$(HUD_STAMP):
-	$(PYTHON) -m venv $(HUD_VENV)
-	$(HUD_VENV)/bin/pip install --quiet --upgrade pip
-	$(HUD_VENV)/bin/pip install --quiet "hud==0.6.21" "typer<0.29"
-	touch $(HUD_STAMP)
-
-hud-venv: $(HUD_STAMP)
+# One interpreter: hud_ray and hud 0.6.21 (the `[hud]` extra) resolve together with ray,
+# modal and daytona; hud's own server, agents and `Taskset.run` are tested from it.
+# `hud-venv` is kept as an alias for scripts that still call it.
+hud-venv: setup
 
 demo: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/hud-ray demo

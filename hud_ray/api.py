@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from hud_ray.agents import agent_name, resolve_agent
+from hud_ray.agents.config import API_KEY_ENV, configure_agent, redacted_config
 from hud_ray.progress import Progress
 from hud_ray.results import ResultWriter, done_keys, read_manifest, read_results
 from hud_ray.tasks import Task, count_rows, expand, tasks_from
@@ -109,6 +110,7 @@ def plan_run(
     governor: dict[str, Any] | bool | None = True,
     warm: float | None = None,
     provider_options: dict[str, Any] | None = None,
+    agent_config: dict[str, Any] | None = None,
     **provider_kwargs: Any,
 ) -> RunPlan:
     """Validate everything that can fail before a run starts. Provider options come as
@@ -123,6 +125,8 @@ def plan_run(
         max_failure_fraction=max_failure_fraction, warm=warm)
     preflight.check_governor(governor)
     preflight.check_task_source(tasks)
+    agent_spec = agent
+    agent = configure_agent(agent, agent_config)
     resolve_agent(agent)  # fail here, not in every worker
     provider_options = default_provider_options(
         provider, tasks, {**provider_kwargs, **(provider_options or {})})
@@ -134,10 +138,11 @@ def plan_run(
         raise ValueError("--resume needs --run-id (the run to continue)")
     run_id = run_id or new_run_id()
     run_dir = Path(out) / run_id
-    agent_label = agent if isinstance(agent, str) else agent_name(agent)
+    agent_label = agent_spec if isinstance(agent_spec, str) else agent_name(agent)
     config = {
         "tasks": str(tasks) if isinstance(tasks, str | Path) else "<in-memory>",
-        "agent": agent_label, "provider": provider, "repeats": repeats, "variant": variant,
+        "agent": agent_label, "agent_config": redacted_config(agent_config),
+        "provider": provider, "repeats": repeats, "variant": variant,
         "provider_options": redacted(provider_options), "concurrency": concurrency,
         "timeout_s": timeout_s, "max_attempts": max_attempts,
     }
@@ -156,7 +161,8 @@ def plan_run(
         retry_backoff_s=retry_backoff_s, deadline_grace_s=deadline_grace_s,
         rollout={"deadline_s": timeout_s, "ready_timeout_s": min(ready_timeout_s, timeout_s),
                  "teardown_timeout_s": teardown_timeout_s},
-        env_vars={k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
+        env_vars={k: os.environ[k] for k in (*FORWARDED_ENV, *agent_env_names(agent_config))
+                  if k in os.environ},
         governor=governor_settings(governor), resume=resume,
         warm_per_slot=(warm if warm is not None
                        else (1.0 if driver_provider.capabilities.warm_ahead else 0.0)),
@@ -214,10 +220,17 @@ def _with_run_dir(table: pa.Table, run_dir: Path) -> pa.Table:
 def default_provider_options(provider: str, tasks: Any, options: dict[str, Any]) -> dict[str, Any]:
     """`local` without env_file: use env.py beside the task file, when there is one."""
     if provider == "local" and "env_file" not in options and isinstance(tasks, str | Path):
-        candidate = Path(tasks).parent / "env.py"
+        source = Path(tasks)
+        candidate = (source if source.is_dir() else source.parent) / "env.py"
         if candidate.is_file():
             return {**options, "env_file": str(candidate)}
     return options
+
+
+def agent_env_names(agent_config: dict[str, Any] | None) -> tuple[str, ...]:
+    """Variables an agent's configuration names (its API key): workers must see them."""
+    name = (agent_config or {}).get(API_KEY_ENV)
+    return (name,) if isinstance(name, str) and name else ()
 
 
 def governor_settings(governor: dict[str, Any] | bool | None) -> dict[str, Any] | None:

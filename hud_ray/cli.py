@@ -91,8 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hud-ray", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run every task of a task file")
-    run.add_argument("tasks", help="task file (.jsonl, .json or .parquet; HUD rows)")
-    run.add_argument("--agent", required=True, help="pkg.mod:attr, file.py:attr, rule, nop")
+    run.add_argument("tasks", help="task file: HUD rows (.jsonl, .json, .parquet) or a hud "
+                     "tasks.py")
+    run.add_argument("--agent", required=True,
+                     help="pkg.mod:attr, file.py:attr, rule, nop, or hud:pkg.mod:AgentClass")
+    run.add_argument("--agent-config", default=None, metavar="FILE",
+                     help="agent settings, YAML or JSON (hud agents: model, base_url, "
+                          "api_key_env, max_steps, grade_errors, ...)")
+    run.add_argument("--agent-opt", action="append", default=[], metavar="KEY=VALUE",
+                     help="one agent setting, repeatable, over --agent-config "
+                          "(e.g. model=gpt-4o-mini, api_key_env=OPENAI_API_KEY)")
     _add_run_args(run)
     demo = sub.add_parser("demo", help="the bundled demo on the local provider")
     _add_run_args(demo)
@@ -144,11 +152,15 @@ def governor_policy(args: argparse.Namespace) -> dict[str, Any] | bool:
 
 
 def cmd_run(args: argparse.Namespace, tasks: str, agent: str) -> int:
+    from hud_ray.agents.config import load_agent_config
     from hud_ray.api import plan_run
     from hud_ray.report import report_run
 
+    agent_config = load_agent_config(getattr(args, "agent_config", None),
+                                     getattr(args, "agent_opt", []))
     plan = plan_run(
-        tasks, agent, args.provider, concurrency=args.concurrency, repeats=args.repeats,
+        tasks, agent, args.provider, agent_config=agent_config or None,
+        concurrency=args.concurrency, repeats=args.repeats,
         out=args.out, run_id=args.run_id, resume=args.resume, workers=args.workers,
         timeout_s=args.timeout, max_attempts=args.max_attempts,
         progress=not args.no_progress, governor=governor_policy(args), warm=args.warm,

@@ -137,6 +137,8 @@ class RolloutRunner:
         self._teardown_error: str | None = None
         self._startup_deadline: float | None = None
         self._env_unresponsive = False
+        self._agent_failure: RolloutFailure | None = None
+        self.verified = False  # a verifier graded this rollout (its grade is the reward)
 
     # --- entry -----------------------------------------------------------------------
     async def run(self) -> RolloutResult:
@@ -171,8 +173,23 @@ class RolloutRunner:
             endpoint = await self._timed("ready", self._ready())
             await self._timed("ready", self._connect(endpoint))
         await self._timed("start", self._start())
-        await self._timed("agent", self._run_agent())
-        await self._timed("grade", self._grade())
+        if self.rollout.task.verifier is None:
+            await self._timed("agent", self._run_agent())
+            await self._timed("grade", self._grade())
+            return
+        # hud's verifier rows: the agent's failure does not stop the rollout; the actor
+        # task is graded best-effort and the verifier's grade is the grade of record.
+        try:
+            await self._timed("agent", self._run_agent())
+        except RolloutFailure as exc:
+            if exc.status not in (Status.AGENT_ERROR, Status.TIMEOUT):
+                raise
+            self._agent_failure = exc
+            self._record_agent_failure(exc)
+        actor_grade = await self._timed("grade", self._grade_best_effort())
+        await self._timed("grade", self._verify(actor_grade))
+        if self._agent_failure is not None:
+            raise self._agent_failure
 
     async def _timed(self, phase: str, awaitable: Any) -> Any:
         self.phase = phase
@@ -261,7 +278,8 @@ class RolloutRunner:
                 except TimeoutError:
                     if not limit.expired():
                         raise  # the agent's own TimeoutError (an LLM call): agent_error
-                    await self._cancel_task()
+                    if self.rollout.task.verifier is None:
+                        await self._cancel_task()  # a verifier row still grades the task
                     raise RolloutFailure(
                         Status.TIMEOUT, f"agent exceeded agent_config.timeout_seconds={agent_timeout}"
                     ) from None
@@ -284,6 +302,44 @@ class RolloutRunner:
             self.grade = await self.client.grade(self.answer, timeout_s=self._remaining())
         except WireError as exc:
             raise await self._wire_failure(exc) from None
+
+    async def _grade_best_effort(self) -> dict[str, Any]:
+        """The actor task's evaluation, as hud's `Run` makes it for a verifier row: a grade
+        that fails becomes a zero score carrying the error (the verifier still runs)."""
+        assert self.client is not None
+        try:
+            actor_grade = await self.client.grade(self.answer, timeout_s=self._remaining())
+        except (ProtocolError, FrameTooLarge) as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+            actor_grade = {"score": 0.0, "answer": self.answer, "content": detail,
+                           "isError": True}
+        except WireError as exc:
+            raise await self._wire_failure(exc) from None
+        if self.session is not None:
+            self.session.record_step("actor_grade", task=self.rollout.task.id, grade=actor_grade)
+        return actor_grade
+
+    async def _verify(self, actor_grade: dict[str, Any]) -> None:
+        """Start the agent-less verifier task on the same session and grade it with the
+        actor's evaluation as its answer (hud's `_verify`)."""
+        assert self.client is not None
+        verifier = self.rollout.task.verifier
+        assert verifier is not None
+        try:
+            await self.client.start(verifier.id, verifier.args, timeout_s=self._remaining())
+            self.grade = await self.client.grade(actor_grade, timeout_s=self._remaining())
+        except WireError as exc:
+            failure = await self._wire_failure(exc)
+            raise RolloutFailure(failure.status, f"verifier {verifier.id!r}: {failure}",
+                                 error_type=failure.error_type) from None
+        self.verified = True
+        if self.session is not None:
+            self.session.record_step("verifier_grade", task=verifier.id, grade=self.grade)
+
+    def _record_agent_failure(self, failure: RolloutFailure) -> None:
+        if self.session is not None:
+            self.session.record_step("agent_error", status=failure.status.value,
+                                     error_type=failure.error_type, error=str(failure))
 
     # --- failure helpers ---------------------------------------------------------------
     async def _wire_failure(self, exc: WireError) -> RolloutFailure:
@@ -371,7 +427,8 @@ class RolloutRunner:
             error_message=message,
             fatal=bool(failure and failure.fatal),
             attempts=self.config.attempt,
-            reward=float(self.grade["score"]) if status is Status.OK and self.grade else None,
+            reward=(float(self.grade["score"])
+                    if self.grade and (status is Status.OK or self.verified) else None),
             grade=self.grade,
             answer=_as_text(self.answer),
             prompt=_as_text(self.prompt),

@@ -14,7 +14,15 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from providers.base import Resources
 
@@ -66,13 +74,36 @@ class Task(BaseModel):
     columns: dict[str, Any] = Field(default_factory=dict)
     runtime_config: RuntimeConfig | None = None
     validation: Any = None
-    verifier: Any = None
+    verifier: Task | None = Field(
+        None, description="an agent-less task whose grade is the grade of record (hud's "
+        "`Task.verifier`): started after the actor task is graded, on the same sandbox, "
+        "and graded with the actor's evaluation as its answer")
 
     @model_validator(mode="after")
     def _fill_slug(self) -> Task:
         if not self.slug:
             self.slug = default_slug(self.id, self.args)
         return self
+
+    @field_validator("verifier")
+    @classmethod
+    def _verifier_on_this_sandbox(cls, verifier: Task | None, info: ValidationInfo) -> Task | None:
+        if verifier is None:
+            return None
+        if verifier.verifier is not None:
+            raise ValueError("nested verifier tasks are not supported (hud refuses them too)")
+        env = info.data.get("env")
+        env_name = env.get("name") if isinstance(env, dict) else env
+        # hud runs a verifier that shares the actor's env and has no runtime_config of its
+        # own on the actor's substrate; any other verifier needs hud's session snapshot and
+        # restore between two substrates, which hud_ray does not do.
+        if verifier.env_name not in (None, env_name) or verifier.runtime_config is not None:
+            own = " with a runtime_config of its own" if verifier.runtime_config else ""
+            raise ValueError(
+                "hud_ray runs a verifier on its task's own sandbox, so it must name the same "
+                f"env ({env_name!r}) and have no runtime_config; got env "
+                f"{verifier.env_name!r}{own}")
+        return verifier
 
     @property
     def env_name(self) -> str | None:
@@ -132,12 +163,16 @@ def iter_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield from _iter_json(file, name)
         elif file.suffix == ".parquet":
             yield from _iter_parquet(file, name)
+        elif file.suffix == ".py" or (file.is_dir() and any(file.glob("*.py"))):
+            yield from _iter_hud_source(file, name)
         else:
-            raise TaskFileError(f"{name}: unknown task file type (want .json, .jsonl or .parquet)")
+            raise TaskFileError(f"{name}: unknown task file type (want .json, .jsonl, "
+                                ".parquet, or a hud tasks .py file)")
     except FileNotFoundError:
         raise TaskFileError(f"{name}: task file not found") from None
     except IsADirectoryError:
-        raise TaskFileError(f"{name}: is a directory, not a task file") from None
+        raise TaskFileError(f"{name}: is a directory without Python task sources, "
+                            "not a task file") from None
     except PermissionError:
         raise TaskFileError(f"{name}: task file is not readable (permission denied)") from None
 
@@ -196,6 +231,43 @@ def _iter_parquet(file: Path, name: str) -> Iterator[tuple[int, dict[str, Any]]]
                             f"{name}:{row_no}: field {key!r}: malformed JSON: {exc}"
                         ) from None
             yield row_no, {k: v for k, v in row.items() if v is not None}
+
+
+def _iter_hud_source(file: Path, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """A `tasks.py` (or a directory of them) loaded exactly as hud's
+    `Taskset.from_file` loads it, each Task as the row `Taskset.to_file` would write.
+    "Line" is the task's 1-based position in the taskset."""
+    if not file.exists():
+        raise FileNotFoundError(name)
+    try:
+        from hud.eval import Taskset
+    except ImportError as exc:
+        raise TaskFileError(
+            f"{name}: a .py task file is loaded with hud's Taskset.from_file, and hud is not "
+            f"importable here ({exc}): pip install 'hud-ray[hud]'") from None
+    try:
+        taskset = Taskset.from_file(file)
+    except Exception as exc:
+        raise TaskFileError(f"{name}: loading it with hud's Taskset.from_file failed: "
+                            f"{_where(exc, file)}") from None
+    if len(taskset) == 0:
+        raise TaskFileError(f"{name}: defines no hud Task (hud collects module-level Tasks, "
+                            "lists of Tasks and Tasksets)")
+    for index, task in enumerate(taskset, start=1):
+        yield index, task.model_dump(mode="json", exclude_none=True)
+
+
+def _where(exc: BaseException, source: Path) -> str:
+    """`file:line: Type: message`, the line being the deepest frame in the task source."""
+    import traceback
+
+    if isinstance(exc, SyntaxError):
+        return f"{exc.filename}:{exc.lineno}: SyntaxError: {exc.msg}"
+    root = source.resolve() if source.is_dir() else source.resolve().parent
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if Path(f.filename).resolve().is_relative_to(root)]
+    where = f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else ""
+    return f"{where}{type(exc).__name__}: {exc}"
 
 
 def _is_nested(arrow_type: Any) -> bool:

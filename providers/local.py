@@ -22,17 +22,18 @@ import shlex
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .base import Capabilities, Endpoint, Provider, SandboxHandle, SandboxSpec
+from .env_server import COMMANDS, ServerKind, detect_server
 from .errors import CreateError, NotReadyError, ProviderConfigError
 from .local_zygote import ForkedProcess, ZygotePool
 
 PORT_LINE = "HUD_SERVE_PORT="
 MARKER_ENV = "HUD_RAY_SANDBOX"
-DEFAULT_COMMAND = "{python} -m hud_ray.envkit {env_file} --host 127.0.0.1 --port 0"
+DEFAULT_COMMAND = COMMANDS["envkit"]
 
 
 def default_state_dir() -> Path:
@@ -45,7 +46,12 @@ def default_state_dir() -> Path:
 class LocalOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     env_file: str | None = Field(None, description="env file the command serves")
-    command: str = Field(DEFAULT_COMMAND, description="placeholders: {python} {env_file} {env_name}")
+    server: Literal["auto", "hud", "envkit"] = Field(
+        "auto", description="which server serves env_file when no command is given: hud's "
+        "own (python -m hud.environment.server) or envkit; auto = hud when the file imports hud")
+    command: str | None = Field(
+        None, description="placeholders: {python} {env_file} {env_name}; default: the "
+        "server's own command (see `server`)")
     cwd: str | None = None
     state_dir: str | None = None
     kill_grace_s: float = 2.0
@@ -107,14 +113,27 @@ class LocalProvider(Provider):
         self._procs: dict[str, _Proc] = {}
         self._zygotes = ZygotePool(self.options.output_lines)
 
+    def server_kind(self) -> ServerKind:
+        """The server the default command runs (`server`, else read from env_file)."""
+        opts = self.options
+        if opts.server != "auto":
+            return opts.server
+        return detect_server(opts.env_file) if opts.env_file else "envkit"
+
+    @property
+    def command(self) -> str:
+        return self.options.command or COMMANDS[self.server_kind()]
+
     def check_config(self) -> None:
         opts = self.options
-        if "{env_file}" in opts.command and not opts.env_file:
+        if "{env_file}" in self.command and not opts.env_file:
             raise ProviderConfigError(
                 "provider 'local': option env_file is required (--provider-opt env_file=PATH)"
             )
         if opts.env_file and not os.path.isfile(opts.env_file):
             raise ProviderConfigError(f"provider 'local': env_file {opts.env_file!r} not found")
+        if opts.command is None and self.server_kind() == "hud":
+            _require_hud(opts.env_file)
 
     # --- lifecycle -----------------------------------------------------------------
     def argv(self, spec: SandboxSpec) -> list[str]:
@@ -122,7 +141,7 @@ class LocalProvider(Provider):
         self.check_config()  # where the process starts, the file must be there too
         env_file = os.path.abspath(opts.env_file) if opts.env_file else ""
         try:
-            text = opts.command.format(
+            text = self.command.format(
                 python=shlex.quote(sys.executable),
                 env_file=shlex.quote(env_file),
                 env_name=shlex.quote(spec.env_name or ""),
@@ -130,7 +149,7 @@ class LocalProvider(Provider):
             argv = shlex.split(text)
         except (KeyError, IndexError, ValueError) as exc:
             raise ProviderConfigError(
-                f"provider 'local': option command {opts.command!r} is invalid ({exc!r}); "
+                f"provider 'local': option command {self.command!r} is invalid ({exc!r}); "
                 "placeholders are {python} {env_file} {env_name}"
             ) from None
         if not argv:
@@ -298,6 +317,17 @@ class LocalProvider(Provider):
             with contextlib.suppress(OSError, ValueError):
                 entries.append(json.loads(path.read_text()))
         return entries
+
+
+def _require_hud(env_file: str | None) -> None:
+    """A hud env file needs hud in this interpreter: say so before any sandbox starts."""
+    import importlib.util
+
+    if importlib.util.find_spec("hud") is None:
+        raise ProviderConfigError(
+            f"provider 'local': env_file {env_file!r} is a hud env (it imports hud) and is "
+            "served by hud's own server, but hud is not installed here: "
+            "pip install 'hud-ray[hud]' (or --provider-opt server=envkit for an envkit env)")
 
 
 def _create_time(pid: int) -> float | None:

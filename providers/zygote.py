@@ -73,9 +73,16 @@ def recognise(argv: list[str]) -> ZygoteCommand | None:
             key, _, value = argv[i].partition("=")
             assign.append((key, value))
             i += 1
-    if len(argv) < i + 4 or argv[i + 1] != "-m" or argv[i + 2] not in MODULES:
+    if len(argv) >= i + 3 and os.path.basename(argv[i]) == "hud" and argv[i + 1] == "serve":
+        hud_serve = _hud_serve_as_module(argv[i], argv[i + 2:])
+        if hud_serve is None:
+            return None
+        python, rest = hud_serve
+        module = "hud.environment.server"
+    elif len(argv) < i + 4 or argv[i + 1] != "-m" or argv[i + 2] not in MODULES:
         return None
-    python, module, rest = argv[i], argv[i + 2], argv[i + 3 :]
+    else:
+        python, module, rest = argv[i], argv[i + 2], argv[i + 3 :]
     env_file, values = None, {"--env": None, "--host": "127.0.0.1", "--port": "0"}
     j = 0
     while j < len(rest):
@@ -95,6 +102,44 @@ def recognise(argv: list[str]) -> ZygoteCommand | None:
         return None  # a fixed port cannot be shared by concurrent sandboxes anyway
     return ZygoteCommand(MODULES[module], python, module, tuple(rest), env_file, values["--env"],
                          values["--host"] or "127.0.0.1", tuple(assign))
+
+
+def _hud_serve_as_module(script: str, args: list[str]) -> tuple[str, list[str]] | None:
+    """`hud serve FILE[:NAME] [--host H] [-p|--port P]` as the `python -m
+    hud.environment.server` arguments it amounts to, with the python that runs the `hud`
+    script (its shebang); None for anything else (a factory `--arg`, `-v`, no file)."""
+    import shutil
+
+    path = shutil.which(script)
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            first = f.readline().decode(errors="replace").strip()
+    except OSError:
+        return None
+    python = first[2:].split()[0] if first.startswith("#!") and first[2:].strip() else ""
+    if not python or os.path.basename(python) in ("env", "sh", "bash"):
+        return None
+    target: list[str] = []
+    options: list[str] = []
+    j = 0
+    while j < len(args):
+        arg = args[j]
+        if arg in ("-p", "--port", "--host") and j + 1 < len(args):
+            options += ["--port" if arg == "-p" else arg, args[j + 1]]
+            j += 1
+        elif arg.startswith(("--port=", "--host=")):
+            options.append(arg)
+        elif not arg.startswith("-") and not target:
+            file, _, name = arg.partition(":")
+            target = [file, *(["--env", name] if name else [])]
+        else:
+            return None
+        j += 1
+    if not target:
+        return None
+    return python, [*target, *options]
 
 
 # --- the server (runs in the env's python) -------------------------------------------------

@@ -176,7 +176,10 @@ def _agent_base(spec: str) -> type:
 
 
 def _build_agent(spec: str, target: str, config: dict[str, Any]) -> Any:
+    from hud_ray.agents.config import resolve_api_key
+
     base = _agent_base(spec)
+    config = resolve_api_key(config)  # api_key_env: read on the worker that builds it
     module_part, sep, attr = target.rpartition(":")
     if not sep or not module_part or not attr:
         raise AgentSpecError(f"agent spec {spec!r}: expected 'hud:pkg.module:Attr' or "

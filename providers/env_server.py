@@ -1,0 +1,51 @@
+"""Which server serves an env file: hud's own (`hud.environment.server`) or envkit.
+
+An env file written the way hud's docs write it (`from hud import Environment`,
+`from hud.environment import Environment`, FastMCP tools, `env.workspace(...)`) must be
+served by hud's server: envkit only knows its own `Environment`. An envkit file imports
+`hud_ray.envkit`. The choice is read from the file's imports (its AST, nothing executed),
+so the driver can make it at plan time without importing the env or hud.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Literal
+
+ServerKind = Literal["hud", "envkit"]
+
+COMMANDS: dict[ServerKind, str] = {
+    "envkit": "{python} -m hud_ray.envkit {env_file} --host 127.0.0.1 --port 0",
+    "hud": "{python} -m hud.environment.server {env_file} --host 127.0.0.1 --port 0",
+}
+
+
+def imported_roots(source: str) -> set[str]:
+    """Dotted module names a file imports (`from a.b import c` -> `a.b`)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def detect_server(env_file: str | Path) -> ServerKind:
+    """`hud` when the file imports hud (and not envkit), else `envkit`.
+
+    A file that cannot be parsed is left to envkit, whose loader reports the syntax
+    error with its file and line."""
+    path = Path(env_file)
+    if path.is_dir():
+        path = path / "env.py"
+    try:
+        modules = imported_roots(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return "envkit"
+    if any(m == "hud_ray.envkit" or m.startswith("hud_ray.envkit.") for m in modules):
+        return "envkit"
+    if any(m == "hud" or m.startswith("hud.") for m in modules):
+        return "hud"
+    return "envkit"

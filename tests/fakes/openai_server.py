@@ -1,0 +1,133 @@
+"""A scripted OpenAI-compatible chat-completions server on 127.0.0.1 (no model, no network).
+
+`ScriptedModel` answers `POST /v1/chat/completions` from a policy: a function of the
+request (messages + tools) returning either a tool call or a final answer. Every request
+and the tool calls it answered with are logged per conversation (keyed by its first user
+message), so a test can compare two agent runs call for call. Usage is reported per
+response like a real endpoint (prompt tokens = request bytes / 4, completion = 7).
+
+    with ScriptedModel(policy) as model:
+        agent = OpenAIChatAgent.load({"base_url": model.base_url, "api_key": "x", ...})
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Policy = Callable[[list[dict[str, Any]], list[dict[str, Any]]], dict[str, Any]]
+
+
+def text_of(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return ""
+
+
+def tool_named(tools: list[dict[str, Any]], suffix: str) -> str:
+    """The offered tool whose name ends with `suffix` (agents may prefix MCP tool names)."""
+    names = [t["function"]["name"] for t in tools if t.get("type") == "function"]
+    matches = [n for n in names if n == suffix or n.endswith(f"_{suffix}") or n.endswith(suffix)]
+    if not matches:
+        raise LookupError(f"no tool ending in {suffix!r} among {names}")
+    return matches[0]
+
+
+def call(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {"tool_calls": [{"name": name, "arguments": arguments}]}
+
+
+def answer(text: str) -> dict[str, Any]:
+    return {"content": text}
+
+
+class ScriptedModel:
+    def __init__(self, policy: Policy, model: str = "scripted-1") -> None:
+        self.policy = policy
+        self.model = model
+        self.conversations: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.requests = 0
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def __enter__(self) -> ScriptedModel:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def tool_calls(self) -> dict[str, list[tuple[str, str]]]:
+        """Per conversation: (tool name, JSON arguments) in the order the model asked."""
+        return {key: [(c["name"], json.dumps(c["arguments"], sort_keys=True))
+                      for turn in turns for c in turn.get("tool_calls", [])]
+                for key, turns in self.conversations.items()}
+
+    def respond(self, request: dict[str, Any]) -> dict[str, Any]:
+        messages = request.get("messages") or []
+        tools = request.get("tools") or []
+        first_user = next((text_of(m) for m in messages if m.get("role") == "user"), "")
+        decision = self.policy(messages, tools)
+        with self._lock:
+            self.requests += 1
+            self.conversations[first_user].append(decision)
+        message: dict[str, Any] = {"role": "assistant", "content": decision.get("content")}
+        finish = "stop"
+        if decision.get("tool_calls"):
+            message["tool_calls"] = [
+                {"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
+                 "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}}
+                for c in decision["tool_calls"]]
+            finish = "tool_calls"
+        prompt_tokens = len(json.dumps(messages)) // 4
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion",
+            "created": 0, "model": request.get("model") or self.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 7,
+                      "total_tokens": prompt_tokens + 7},
+        }
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        model = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                if not self.path.rstrip("/").endswith("/chat/completions"):
+                    self._send(404, {"error": {"message": f"no route {self.path}"}})
+                    return
+                try:
+                    reply = model.respond(json.loads(body))
+                except Exception as exc:  # a policy bug shows up in the agent's error
+                    self._send(500, {"error": {"message": f"{type(exc).__name__}: {exc}"}})
+                    return
+                self._send(200, reply)
+
+            def _send(self, code: int, payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler
