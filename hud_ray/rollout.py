@@ -268,6 +268,13 @@ class RolloutRunner:
 
     async def _run_agent(self) -> None:
         assert self.session is not None
+        try:
+            await self._agent_call()
+        finally:
+            await self.session.aclose()  # MCP sessions the agent opened: in its own task
+
+    async def _agent_call(self) -> None:
+        assert self.session is not None
         agent_timeout = self.rollout.task.agent_timeout_s
         try:
             if agent_timeout is not None and agent_timeout < self._remaining():

@@ -8,6 +8,7 @@ specs resolved on the worker: `pkg.mod:attr`, `path/to/file.py:attr`, a built-in
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import sys
@@ -47,6 +48,8 @@ class Session:
     bindings: list[dict[str, Any]] = field(default_factory=list)
     client: EnvClient | None = None
     steps: list[dict[str, Any]] = field(default_factory=list)
+    _mcp_sessions: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _resources: contextlib.AsyncExitStack | None = field(default=None, init=False, repr=False)
 
     @property
     def prompt_text(self) -> str:
@@ -68,6 +71,35 @@ class Session:
         if self.client is None:
             raise RuntimeError("this session has no env connection")
         return await self.client.open_tunnel(capability)
+
+    async def mcp(self, name: str | None = None) -> Any:
+        """A connected `mcp.ClientSession` on the env's MCP capability `name` (its only
+        one when None), reached through the sandbox's tunnel, so it works on every
+        provider; opened once per name, closed when the agent phase ends:
+
+            tools = await session.mcp("tools")
+            result = await tools.call_tool("add", {"a": 2, "b": 3})
+        """
+        from hud_ray.agents.mcp import find_binding, open_mcp_session
+
+        if self.client is None:
+            raise RuntimeError("this session has no env connection")
+        binding = find_binding(self.client.bindings, name)
+        key = str(binding["name"])
+        if key not in self._mcp_sessions:
+            if self._resources is None:
+                self._resources = contextlib.AsyncExitStack()
+            self._mcp_sessions[key] = await open_mcp_session(self.client, binding,
+                                                             self._resources)
+        return self._mcp_sessions[key]
+
+    async def aclose(self) -> None:
+        """Close what the agent opened through the session (MCP sessions, forwarders)."""
+        resources, self._resources = self._resources, None
+        self._mcp_sessions.clear()
+        if resources is not None:
+            with contextlib.suppress(Exception):
+                await resources.aclose()
 
     def record_step(self, kind: str, **data: Any) -> None:
         """Append a step to the trace stored in the `steps` column."""

@@ -119,6 +119,7 @@ class HudAgentAdapter:
                     for step in run.trace.steps[first_agent_step:]:
                         session.record_step("hud", step=step.model_dump(mode="json",
                                                                         exclude_none=True))
+                await _close_capability_clients(client)
                 # Tunnels the agent closed are still passing their EOF along; hud's
                 # close() would cancel them mid-way (and asyncio logs each one).
                 await gateway.drain(keep=1, timeout_s=TUNNEL_DRAIN_S)
@@ -147,6 +148,25 @@ class HudAgentAdapter:
                 raise
             raise HudAgentError(
                 f"hud agent exceeded its config.timeout_seconds={timeout:g}") from None
+
+
+async def _close_capability_clients(client: Any) -> None:
+    """Close the capability clients (MCP sessions) hud's client opened, then let their
+    forwarded connections end on their own. hud's `close()` closes them too, but then
+    cancels those forwarders while their HTTP connections are still winding down, and
+    asyncio logs a CancelledError traceback per connection in every worker's output."""
+    opened = getattr(client, "_opened", None)
+    tunnels = getattr(client, "_tunnels", None)
+    if not isinstance(opened, dict) or not isinstance(tunnels, set):
+        return  # another hud version: its own close() does the work
+    for capability_client in list(opened.values()):
+        with contextlib.suppress(Exception):
+            await capability_client.close()
+    opened.clear()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(TUNNEL_DRAIN_S):
+            while tunnels:
+                await asyncio.wait(set(tunnels), return_when=asyncio.FIRST_COMPLETED)
 
 
 def _open_run(run: Any, session: Session) -> None:
