@@ -111,6 +111,7 @@ def plan_run(
     warm: float | None = None,
     provider_options: dict[str, Any] | None = None,
     agent_config: dict[str, Any] | None = None,
+    probe: bool = True,
     **provider_kwargs: Any,
 ) -> RunPlan:
     """Validate everything that can fail before a run starts. Provider options come as
@@ -163,7 +164,7 @@ def plan_run(
                  "teardown_timeout_s": teardown_timeout_s},
         env_vars={k: os.environ[k] for k in (*FORWARDED_ENV, *agent_env_names(agent_config))
                   if k in os.environ},
-        governor=governor_settings(governor), resume=resume,
+        governor=governor_settings(governor), resume=resume, probe_first=probe,
         warm_per_slot=(warm if warm is not None
                        else (1.0 if driver_provider.capabilities.warm_ahead else 0.0)),
     )

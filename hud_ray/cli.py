@@ -83,6 +83,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warm", type=float, default=None, metavar="DEPTH",
                    help="sandboxes kept warm per slot (default: 1 for local/sim, 0 for "
                         "providers that bill idle sandboxes)")
+    p.add_argument("--no-probe", action="store_true",
+                   help="fan out at once, without first waiting for one sandbox's env to "
+                        "answer hello (a broken env then fails every rollout)")
     p.add_argument("--no-governor", action="store_true",
                    help="no cluster-wide governor, ledger or reaper (benchmarks only)")
 
@@ -164,6 +167,7 @@ def cmd_run(args: argparse.Namespace, tasks: str, agent: str) -> int:
         out=args.out, run_id=args.run_id, resume=args.resume, workers=args.workers,
         timeout_s=args.timeout, max_attempts=args.max_attempts,
         progress=not args.no_progress, governor=governor_policy(args), warm=args.warm,
+        probe=not args.no_probe,
         provider_options=parse_options(args.provider_opt), **_failure_budget(args.max_failures),
     )
     print(f"run directory: {plan.run_dir}", file=sys.stderr, flush=True)

@@ -22,6 +22,7 @@ from hud_ray.tasks import Rollout
 from hud_ray.wire import (
     EnvClient,
     FrameTooLarge,
+    NeverAnswered,
     ProtocolError,
     RemoteError,
     TransportError,
@@ -34,6 +35,7 @@ from providers import (
     LABEL_RUN,
     LABEL_WORKER,
     Endpoint,
+    EnvStartError,
     Provider,
     ProviderConfigError,
     QuotaError,
@@ -78,6 +80,10 @@ class RolloutFailure(Exception):
             "RolloutFailure" if isinstance(exc, str) else type(exc).__name__)
         self.fatal = fatal
 
+
+# error_type of a row whose env server never started serving (it died at start-up, or
+# never answered hello): the scheduler stops a run whose first sandbox fails this way.
+ENV_START_ERROR = "EnvStartError"
 
 WARM_ROLLOUT_LABEL = "(warm)"  # the rollout label of a sandbox warmed ahead of its rollout
 
@@ -246,6 +252,9 @@ class RolloutRunner:
             )
         except RemoteError as exc:
             raise RolloutFailure(Status.ENV_ERROR, exc) from None
+        except NeverAnswered as exc:  # the env serves, but not this protocol: its fault
+            raise RolloutFailure(Status.ENV_ERROR, await self._with_output(exc),
+                                 error_type=ENV_START_ERROR) from None
         except WireError as exc:
             raise RolloutFailure(Status.INFRA_ERROR, await self._with_output(exc),
                                  error_type=type(exc).__name__) from None
@@ -458,6 +467,8 @@ def _provider_failure(exc: Exception) -> RolloutFailure:
     """A provider's error in its class: config (fatal), quota, or infra (retryable)."""
     if isinstance(exc, ProviderConfigError):
         return RolloutFailure(Status.INFRA_ERROR, exc, fatal=True)
+    if isinstance(exc, EnvStartError):
+        return RolloutFailure(Status.ENV_ERROR, exc, error_type=ENV_START_ERROR)
     if isinstance(exc, QuotaError):
         return RolloutFailure(Status.QUOTA_ERROR, exc)
     return RolloutFailure(Status.INFRA_ERROR, exc)

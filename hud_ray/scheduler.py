@@ -33,7 +33,13 @@ from ray.exceptions import RayActorError
 
 from hud_ray.inflight import Flight, WorkerSlot, failure_row, reap_in_background
 from hud_ray.results import ResultWriter
-from hud_ray.rollout import RolloutConfig, rollout_labels, sandbox_spec, warm_labels
+from hud_ray.rollout import (
+    ENV_START_ERROR,
+    RolloutConfig,
+    rollout_labels,
+    sandbox_spec,
+    warm_labels,
+)
 from hud_ray.schema import RETRYABLE, Status
 from hud_ray.tasks import Rollout, TaskFileError
 from hud_ray.warm import spec_key
@@ -42,6 +48,9 @@ from providers import Provider, UnsupportedSpecError
 
 log = logging.getLogger("hud_ray.scheduler")
 SLOT_RESOURCE = "sandbox_slots"
+
+
+PHASES_AFTER_HELLO = ("start", "agent", "grade")
 
 
 class RunAborted(RuntimeError):
@@ -71,6 +80,9 @@ class SchedulerConfig(BaseModel):
     heartbeat_s: float = 5.0
     resume: bool = False
     warm_per_slot: float = 0.0
+    probe_first: bool = Field(
+        True, description="run one rollout until its env has answered hello before fanning "
+        "out: a broken env stops the run after one sandbox, not after N x max_attempts")
 
     def worker_count(self) -> int:
         if self.workers:
@@ -114,6 +126,8 @@ class Scheduler:
         self._last_heartbeat = 0.0
         self._lease_s = 0.0  # this run's own lease, sent with each heartbeat (governor only)
         self.step_replies = 0  # harvested `step` calls: rows per reply is the batching
+        # Until one sandbox of this run has said hello, only one rollout is in flight.
+        self._probing = config.probe_first
 
     # --- public --------------------------------------------------------------------------
     def run(self) -> Iterator[pa.RecordBatch]:
@@ -239,6 +253,8 @@ class Scheduler:
                 worker.step_ref = worker.actor.step.remote(items, self.config.step_wait_s, drain)
 
     def _take(self, free: int, worker: WorkerSlot) -> list[tuple[Rollout, int]]:
+        if self._probing:  # one rollout in flight until an env has answered hello
+            free = min(free, 1 - sum(len(w.inflight) for w in self.workers))
         items: list[tuple[Rollout, int]] = []
         now = time.monotonic()
         while free > len(items) and self._retry_heap and self._retry_heap[0][0] <= now:
@@ -323,6 +339,8 @@ class Scheduler:
             for key, phase in reply.get("phases", {}).items():
                 if key in worker.inflight:
                     worker.inflight[key].phase = phase
+                if phase in PHASES_AFTER_HELLO:
+                    self._probing = False
 
     def _budget_s(self, rollout: Rollout) -> float:
         """Wall clock a worker gets for one rollout before the driver steps in."""
@@ -350,6 +368,15 @@ class Scheduler:
             # Not written: the rollout never really ran; a resume after the fix runs it.
             self._abort = f"{row['error_type']}: {row['error_message']}"
             return
+        if self._probing:
+            if row.get("error_type") == ENV_START_ERROR:
+                # The run's first sandbox: every other one would fail the same way.
+                self._abort = (f"the env failed to start in the run's first sandbox "
+                               f"({row['rollout_key']}), so no more were started: "
+                               f"{str(row['error_message']).splitlines()[0]}")
+                return
+            if row.get("start_s") is not None:  # this rollout's env answered hello
+                self._probing = False
         if row["status"] in RETRYABLE and entry is not None:
             self._after_failure(entry.rollout, entry.attempt, row)
             return

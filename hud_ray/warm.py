@@ -19,9 +19,10 @@ from collections import defaultdict, deque
 
 from hud_ray.rollout import Prepared, RolloutConfig, sandbox_spec
 from hud_ray.tasks import Rollout
-from providers import Provider, SandboxSpec, shielded
+from providers import EnvStartError, Provider, SandboxSpec, shielded
 
 log = logging.getLogger("hud_ray.warm")
+STOP_AFTER_FAILURES = 3  # consecutive failed warm-ups: warm no more (rollouts go cold)
 
 
 def spec_key(rollout: Rollout) -> str:
@@ -81,7 +82,7 @@ class WarmPool:
         return False
 
     def _refill(self, key: str, rollout: Rollout) -> None:
-        if self._closed or self._draining or self._failures >= 3:  # 3 failures: stop
+        if self._closed or self._draining or self._failures >= STOP_AFTER_FAILURES:
             return
         spare = len(self._ready[key]) + self._filling[key] - len(self._waiters[key])
         for _ in range(self.depth - spare):
@@ -109,8 +110,11 @@ class WarmPool:
                 await shielded(self.provider.destroy(handle))
             raise
         except Exception as exc:  # the rollout will go cold and meet the error itself
-            self._failures += 1
-            log.warning("warm-ahead create failed (%s): %s", type(exc).__name__, exc)
+            # An env that cannot start will not start next time either: stop warming.
+            self._failures += STOP_AFTER_FAILURES if isinstance(exc, EnvStartError) else 1
+            if self._failures <= STOP_AFTER_FAILURES:  # once per failure run, one line
+                first_line = (str(exc).splitlines() or [""])[0]
+                log.warning("warm-ahead create failed (%s): %s", type(exc).__name__, first_line)
             if handle is not None:
                 with contextlib.suppress(Exception):
                     await shielded(self.provider.destroy(handle))

@@ -26,6 +26,7 @@ from typing import Any
 from hud_ray.wire_frames import (
     FRAME_LIMIT_BYTES,
     FrameTooLarge,
+    NeverAnswered,
     ProtocolError,
     RemoteError,
     TransportError,
@@ -41,7 +42,7 @@ from hud_ray.wire_frames import (
 )
 
 __all__ = [
-    "FRAME_LIMIT_BYTES", "EnvClient", "FrameTooLarge", "ProtocolError", "RemoteError",
+    "FRAME_LIMIT_BYTES", "EnvClient", "FrameTooLarge", "NeverAnswered", "ProtocolError", "RemoteError",
     "TransportError", "TunnelForwarder", "WireError", "WireTimeout", "encode_frame",
     "open_stream", "open_tunnel", "parse_url", "read_frame", "splice",
 ]
@@ -99,6 +100,10 @@ class EnvClient:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                if isinstance(last_error, WireTimeout) and last_error.after_accept:
+                    raise NeverAnswered(
+                        f"env at {url} accepted connections but never answered hello within "
+                        f"{ready_timeout_s:.1f}s (last: {last_error})")
                 raise WireTimeout(
                     f"env at {url} not ready after {ready_timeout_s:.1f}s (last: {last_error})"
                 )
@@ -113,6 +118,8 @@ class EnvClient:
                 )
                 await client.hello(hello_params, timeout_s=attempt_s)
             except (TransportError, WireTimeout) as exc:
+                if isinstance(exc, WireTimeout) and client is not None:
+                    exc.after_accept = True  # connected: silence, not a refusal
                 last_error = exc
                 if client is not None:
                     await client.close()

@@ -26,6 +26,14 @@ class TransportError(WireError):
 class WireTimeout(WireError, TimeoutError):
     """No reply in time."""
 
+    after_accept = False  # set by readiness: the connection was accepted, then silence
+
+
+class NeverAnswered(WireTimeout):
+    """Readiness ran out while the env accepted connections but never answered `hello`:
+    the env's own fault (a server that does not speak the protocol, or hangs), not a
+    sandbox that is still booting (that refuses or closes)."""
+
 
 class ProtocolError(WireError):
     """The peer sent something that is not valid protocol."""

@@ -17,6 +17,7 @@ from .base import (
 )
 from .errors import (
     CreateError,
+    EnvStartError,
     NotReadyError,
     ProviderConfigError,
     ProviderError,
@@ -35,6 +36,7 @@ __all__ = [
     "Capabilities",
     "CreateError",
     "Endpoint",
+    "EnvStartError",
     "NotReadyError",
     "Provider",
     "ProviderConfigError",

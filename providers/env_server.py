@@ -10,6 +10,7 @@ so the driver can make it at plan time without importing the env or hud.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -49,3 +50,28 @@ def detect_server(env_file: str | Path) -> ServerKind:
     if any(m == "hud" or m.startswith("hud.") for m in modules):
         return "hud"
     return "envkit"
+
+
+_FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+)')
+_EXCEPTION = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)|"
+                        r"[A-Za-z_][\w.]*Error)(: (?P<msg>.*))?$")
+
+
+def start_failure_summary(output: str) -> str:
+    """One line saying why an env server died before serving, from its last output:
+    envkit's own `envkit: cannot load FILE:LINE: Type: message`, else the innermost
+    frame outside site-packages plus the exception line of a Python traceback, else the
+    last line it printed."""
+    lines = [line.rstrip() for line in output.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("envkit: "):
+            return line.removeprefix("envkit: ")
+    exception = next((i for i in range(len(lines) - 1, -1, -1)
+                      if _EXCEPTION.match(lines[i].strip())), None)
+    if exception is not None:
+        frames = [_FRAME.match(line) for line in lines[:exception]]
+        own = [m for m in frames if m and "site-packages" not in m["file"]
+               and "/lib/python" not in m["file"] and not m["file"].startswith("<")]
+        where = f"{own[-1]['file']}:{own[-1]['line']}: " if own else ""
+        return f"{where}{lines[exception].strip()}"
+    return lines[-1].strip() if lines else "(no output)"

@@ -4,6 +4,10 @@
   wrong credentials, unknown option, a resource the provider cannot honour).
 - QuotaError → `quota_error` (retried with back-off until the retry budget runs out).
 - SandboxError and subclasses → `infra_error` (retried in a new sandbox).
+- EnvStartError → `env_error`, never retried: the env server itself failed to start (it
+  exited on its own before serving — an import error, a missing module, a bad command —
+  or it never served within its startup budget). The first sandbox of a run failing this
+  way stops the run: every other sandbox would fail the same way.
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ class CreateError(SandboxError):
 
 class NotReadyError(SandboxError):
     """The sandbox never became reachable (includes its last output lines)."""
+
+
+class EnvStartError(ProviderError):
+    """The env server failed to start on its own (the message names file, line, module)."""
 
 
 class QuotaError(ProviderError):

@@ -27,8 +27,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .base import Capabilities, Endpoint, Provider, SandboxHandle, SandboxSpec
-from .env_server import COMMANDS, ServerKind, detect_server
-from .errors import CreateError, NotReadyError, ProviderConfigError
+from .env_server import COMMANDS, ServerKind, detect_server, start_failure_summary
+from .errors import CreateError, EnvStartError, NotReadyError, ProviderConfigError
 from .local_zygote import ForkedProcess, ZygotePool
 
 PORT_LINE = "HUD_SERVE_PORT="
@@ -213,12 +213,21 @@ class LocalProvider(Provider):
         try:
             port = await asyncio.wait_for(asyncio.shield(proc.port), timeout_s)
         except TimeoutError:
-            raise NotReadyError(
-                f"env did not print {PORT_LINE}<port> within {timeout_s:.1f}s; "
-                f"last output:\n{proc.tail()}"
-            ) from None
+            if proc.process.returncode is None:
+                # Alive, yet not serving after the whole startup budget: the env's own
+                # start-up (an initialize hook that hangs), not the machine.
+                raise EnvStartError(
+                    f"env did not start serving (print {PORT_LINE}<port>) within "
+                    f"{timeout_s:.1f}s; last output:\n{proc.tail()}") from None
+            raise NotReadyError(f"env exited with code {proc.process.returncode} before "
+                                f"printing its port; last output:\n{proc.tail()}") from None
         except EOFError:
             code = await proc.process.wait()
+            if code is not None and code > 0:
+                # It exited by itself (a signal gives a negative code): its own failure.
+                raise EnvStartError(
+                    f"env server failed to start: {start_failure_summary(proc.tail())} "
+                    f"(exit code {code})\nlast output:\n{proc.tail()}") from None
             raise NotReadyError(
                 f"env exited with code {code} before printing its port; last output:\n{proc.tail()}"
             ) from None

@@ -29,6 +29,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from .env_server import start_failure_summary
+from .errors import EnvStartError
 from .zygote import READY_LINE, ZygoteCommand, proc_gone, recognise
 
 log = logging.getLogger("providers.local")
@@ -43,6 +45,16 @@ LOST_EXIT_CODE = -1  # the zygote died before reaping the child: its exit status
 
 class ZygoteError(Exception):
     """The zygote cannot serve (did not start, died, or refused); fall back."""
+
+
+class ZygoteEnvError(ZygoteError):
+    """The zygote exited with an error while importing the env, as the real command
+    would: the env's own failure (its import), not the zygote's."""
+
+    def __init__(self, code: int, lines: list[str]) -> None:
+        super().__init__(f"exited with code {code} while loading the env: {_tail(lines)}")
+        self.code = code
+        self.lines = lines
 
 
 class ForkedProcess:
@@ -161,6 +173,8 @@ class Zygote:
             ours.close()
             transport.close()
             code = await _wait(process, 5.0)
+            if code is not None and code > 0:
+                raise ZygoteEnvError(code, list(lines))
             raise ZygoteError(f"exited with code {code} while loading the env: {_tail(lines)}")
         ours.setblocking(False)
         log.debug("zygote %s ready for %s (%s)", process.pid, cmd.env_file, info)
@@ -318,6 +332,13 @@ class ZygotePool:
         try:
             zygote = await self._get(key, cmd, env, cwd)
             return await zygote.spawn(limit)
+        except ZygoteEnvError as exc:
+            # The same import would fail in a plain subprocess: say so now, and try the
+            # zygote again next time (the env file may have been fixed).
+            self._zygotes.pop(key, None)
+            output = "\n".join(exc.lines)
+            raise EnvStartError(f"env server failed to start: {start_failure_summary(output)} "
+                                f"(exit code {exc.code})\nlast output:\n{output}") from None
         except ZygoteError as exc:
             self._broken.add(key)
             task = self._zygotes.pop(key, None)
