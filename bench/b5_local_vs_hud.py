@@ -16,6 +16,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,9 @@ HUD_ENV = {"HUD_API_KEY": "", "HUD_CLI_ANALYTICS_ENABLED": "false",
 
 
 def find_hud_python() -> tuple[str | None, str]:
-    """(path, why-not). HUD_PYTHON, then the repo's .venv-hud, then /work/hudvenv."""
-    candidates = [os.environ.get("HUD_PYTHON"), str(REPO / ".venv-hud" / "bin" / "python"),
-                  "/work/hudvenv/bin/python"]
+    """(path, why-not). HUD_PYTHON, then this interpreter (one install), then .venv-hud."""
+    candidates = [os.environ.get("HUD_PYTHON"), sys.executable,
+                  str(REPO / ".venv-hud" / "bin" / "python")]
     tried = []
     for path in filter(None, candidates):
         if not Path(path).exists():

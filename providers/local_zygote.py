@@ -173,7 +173,7 @@ class Zygote:
             ours.close()
             transport.close()
             code = await _wait(process, 5.0)
-            if code is not None and code > 0:
+            if code == 1:  # the env's import raised (the zygote's own refusals exit 2-4)
                 raise ZygoteEnvError(code, list(lines))
             raise ZygoteError(f"exited with code {code} while loading the env: {_tail(lines)}")
         ours.setblocking(False)

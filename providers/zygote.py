@@ -159,8 +159,20 @@ def _preload(cmd: ZygoteCommand) -> Callable[[], object]:
     from hud.utils.process import run_until_terminated
 
     env = load_environment(cmd.env_file, name=cmd.env_name)
+    if getattr(env, "_workspaces", None):
+        # A workspace's directory is made when the env file is imported (hud's scaffold:
+        # `tempfile.mkdtemp()` at module level): forked children would all share the
+        # zygote's one directory. A fresh process per sandbox gets its own.
+        raise Declined("the env has a workspace, whose directory is created at import")
     # hud's own entry point: SIGTERM cancels serving and exits 143.
     return lambda: run_until_terminated(server.serve(env, cmd.host, 0))
+
+
+class Declined(Exception):
+    """This env must not be forked from one import (the provider runs it plainly)."""
+
+
+EXIT_DECLINED = 4
 
 
 def proc_state(pid: int) -> tuple[str, str] | None:
@@ -392,7 +404,11 @@ def main(argv: list[str] | None = None) -> int:
     spec = importlib.util.find_spec(cmd.module + ".__main__" if cmd.kind == "envkit" else cmd.module)
     sys.argv = [spec.origin if spec and spec.origin else cmd.module, *cmd.module_args]
     cpu = time.process_time()
-    serve = _preload(cmd)  # an exception here: traceback on stdout, exit 1, provider falls back
+    try:
+        serve = _preload(cmd)  # another exception: traceback on stdout, exit 1 (the env's)
+    except Declined as exc:
+        print(f"zygote: declining to fork this env: {exc}", flush=True)
+        return EXIT_DECLINED
     threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
     if threads:
         # A forked child gets only the forking thread: locks those threads hold stay held.

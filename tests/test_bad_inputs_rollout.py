@@ -125,7 +125,7 @@ def test_agent_answer_over_the_frame_limit_is_agent_error(tmp_path):
 
 def test_env_that_never_prints_its_port_fails_within_the_startup_budget(tmp_path):
     row = one("never_ready.py", "count", tmp_path, ready_timeout_s=1.5, deadline_s=60)
-    assert row.status is Status.INFRA_ERROR, row
+    assert row.status is Status.ENV_ERROR and row.error_type == "EnvStartError", row
     assert "HUD_SERVE_PORT" in row.error_message and "1.5" in row.error_message
     assert "waiting for shard 1 (upstream not answering)" in row.error_message  # its output
     assert row.total_s < 15  # the startup budget, not the 60 s deadline
@@ -133,21 +133,21 @@ def test_env_that_never_prints_its_port_fails_within_the_startup_budget(tmp_path
 
 def test_env_that_exits_at_once_reports_code_and_last_output(tmp_path):
     row = one("exits_at_once.py", "count", tmp_path)
-    assert row.status is Status.INFRA_ERROR, row
-    assert "exited with code 3 before printing its port" in row.error_message
+    assert row.status is Status.ENV_ERROR and row.error_type == "EnvStartError", row
+    assert "(exit code 3)" in row.error_message
     assert "fatal: /data/fixtures.db: no such file" in row.error_message
 
 
 def test_env_file_raising_on_import_names_file_line_and_error(tmp_path):
     row = one("import_error.py", "count", tmp_path)
-    assert row.status is Status.INFRA_ERROR, row
+    assert row.status is Status.ENV_ERROR and row.error_type == "EnvStartError", row
     assert f"cannot load {ENVS / 'import_error.py'}:4: RuntimeError: license server unreachable" \
         in row.error_message
 
 
 def test_env_file_without_an_environment(tmp_path):
     row = one("no_env.py", "count", tmp_path)
-    assert row.status is Status.INFRA_ERROR, row
+    assert row.status is Status.ENV_ERROR, row
     assert "no_env.py: expected one envkit Environment, found none" in row.error_message
 
 
@@ -158,7 +158,7 @@ def test_env_port_already_in_use_names_the_port(tmp_path):
         port = taken.getsockname()[1]
         command = f"{{python}} -m hud_ray.envkit {{env_file}} --port {port}"
         row = one("bad_grades.py", "echo_len", tmp_path, provider={"command": command})
-    assert row.status is Status.INFRA_ERROR, row
+    assert row.status is Status.ENV_ERROR, row  # a fixed port in the command: its config
     assert f"cannot serve on 127.0.0.1:{port}" in row.error_message
     assert "address already in use" in row.error_message
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,11 +24,11 @@ DEMO = REPO / "examples" / "demo"
 
 
 def _hud_python() -> str | None:
+    """$HUD_PYTHON, else this interpreter when hud is importable in it (one install)."""
     explicit = os.environ.get("HUD_PYTHON")
     if explicit:
         return explicit
-    candidate = REPO / ".venv-hud" / "bin" / "python"
-    return str(candidate) if candidate.is_file() else None
+    return sys.executable if _hud_in_this_venv() else None
 
 
 def _hud_in_this_venv() -> bool:

@@ -1,4 +1,4 @@
-"""hud 0.6.21 interop, both ways, with hud in its own venv (never in .venv):
+"""hud 0.6.21 interop, both ways, from the one install (hud_ray + hud in .venv):
 
 (a) hud_ray's EnvClient / rollout / local provider drive hud's REAL env server
     (`<hud python> -m hud.environment.server ENV --port 0`);
@@ -6,17 +6,17 @@
 and hud's server answers the reference conversation (fakes/transcript.py) exactly as
 envkit does (test_envkit.py checks envkit against the same EXPECTED).
 
-hud's python: $HUD_PYTHON, else .venv-hud/bin/python (`make hud-venv`); skipped without.
+hud's python: hud_ray's own (hud is the `[hud]` extra, installed by `make setup`), or $HUD_PYTHON.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from hud_ray.rollout import RolloutConfig, run_rollout
 from hud_ray.schema import Status
 from hud_ray.tasks import Rollout, Task
 
-from .fakes.procs import DEMO_ENV, ENVS, REPO, EnvServer, RawConn, RecordingLocal, alive, wait_gone
+from .fakes.procs import DEMO_ENV, ENVS, EnvServer, RawConn, RecordingLocal, alive, wait_gone
 from .fakes.transcript import EXPECTED, conversation
 
 HUD_VERSION = "0.6.21"
@@ -39,18 +39,13 @@ DRIVER = Path(__file__).parent / "fakes" / "hud_side" / "drive_envkit.py"
 pytestmark = pytest.mark.hud
 
 
-def test_hud_is_not_installed_in_hud_rays_own_venv():
-    assert importlib.util.find_spec("hud") is None, "hud must live in its own venv"
-
-
 @pytest.fixture(scope="module")
 def hud_python() -> str:
-    path = os.environ.get("HUD_PYTHON") or str(REPO / ".venv-hud" / "bin" / "python")
-    if not Path(path).exists():
-        pytest.skip(f"no hud python at {path}: run `make hud-venv` or set HUD_PYTHON")
+    """hud_ray's own interpreter (one install: hud is the `[hud]` extra), or $HUD_PYTHON."""
+    path = os.environ.get("HUD_PYTHON") or sys.executable
     done = subprocess.run([path, "-c", "import importlib.metadata as m; print(m.version('hud'))"],
                           capture_output=True, text=True, timeout=60)
-    # A hud python that exists but is broken is a setup bug: fail loudly, never skip.
+    # A python without hud is a setup bug (`make setup` installs it): fail, never skip.
     assert done.returncode == 0, f"{path} cannot report hud's version: {done.stderr}"
     assert done.stdout.strip() == HUD_VERSION, f"{path} has hud {done.stdout.strip()}"
     return path

@@ -124,23 +124,26 @@ def test_env_blocking_its_own_loop_in_grade_is_still_a_timeout_and_killed(faulty
     wait_gone(faulty.pids)
 
 
-def test_env_exiting_at_once_is_infra_error_with_its_last_output(tmp_path):
+def test_env_exiting_at_once_is_env_error_with_its_last_output(tmp_path):
+    # It exited by itself before serving: the env's own failure, never retried.
     provider = RecordingLocal(env_file=str(ENVS / "exits_at_once.py"),
                               state_dir=str(tmp_path / "ledger"))
     row = one(rollout_of("count"), "rule", provider, deadline_s=30)
-    assert row.status is Status.INFRA_ERROR and not row.fatal, row
-    assert "exited with code 3" in row.error_message
+    assert row.status is Status.ENV_ERROR and not row.fatal, row
+    assert row.error_type == "EnvStartError"
+    assert row.error_message.startswith("env server failed to start: fatal: /data/fixtures.db")
+    assert "exit code 3" in row.error_message
     assert "loading fixtures from /data/fixtures.db" in row.error_message
     assert "fatal: /data/fixtures.db: no such file" in row.error_message  # stderr too
     wait_gone(provider.pids)
 
 
-def test_env_that_never_prints_its_port_is_infra_error_after_the_startup_budget(tmp_path):
+def test_env_that_never_prints_its_port_is_env_error_after_the_startup_budget(tmp_path):
     provider = RecordingLocal(env_file=str(ENVS / "never_ready.py"),
                               state_dir=str(tmp_path / "ledger"), kill_grace_s=0.5)
     t0 = time.monotonic()
     row = one(rollout_of("count"), "rule", provider, deadline_s=60, ready_timeout_s=1.5)
-    assert row.status is Status.INFRA_ERROR, row
+    assert row.status is Status.ENV_ERROR and row.error_type == "EnvStartError", row
     assert "HUD_SERVE_PORT" in row.error_message
     assert "warming cache: waiting for shard 1 (upstream not answering)" in row.error_message
     assert time.monotonic() - t0 < 10  # the startup budget, not the 60 s deadline
@@ -153,7 +156,7 @@ def test_task_startup_limit_overrides_the_configured_ready_timeout(tmp_path):
     rollout = rollout_of("count", runtime_config={"limits": {"startup_timeout_s": 0.5}})
     t0 = time.monotonic()
     row = one(rollout, "rule", provider, deadline_s=60, ready_timeout_s=30)
-    assert row.status is Status.INFRA_ERROR and "0.5s" in row.error_message, row
+    assert row.status is Status.ENV_ERROR and "0.5s" in row.error_message, row
     assert time.monotonic() - t0 < 8
     wait_gone(provider.pids)
 

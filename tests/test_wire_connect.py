@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from hud_ray.wire import EnvClient, RemoteError, WireTimeout
+from hud_ray.wire import EnvClient, NeverAnswered, RemoteError, WireTimeout
 
 from .fakes.peers import HELLO, Peer, reply, run, serving, silent
 from .fakes.procs import DEMO_ENV, EnvServer, async_wait_until
@@ -81,8 +81,11 @@ def test_ready_timeout_is_a_wire_timeout(listening):
             url = f"tcp://127.0.0.1:{_free_port()}"
         t0 = time.monotonic()
         try:
-            with pytest.raises(WireTimeout, match="not ready"):
+            # Refused: still booting (infra). Accepted, then silence: the env's own fault.
+            with pytest.raises(WireTimeout, match="never answered hello" if listening
+                               else "not ready") as caught:
                 await EnvClient.connect(url, ready_timeout_s=0.6, retry_interval_s=0.05)
+            assert isinstance(caught.value, NeverAnswered) is listening
             assert time.monotonic() - t0 < 3
         finally:
             if peer.server is not None:

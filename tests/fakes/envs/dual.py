@@ -5,14 +5,19 @@ bodies are shared, so the same frames must get the same answers from both."""
 from __future__ import annotations
 
 import asyncio
+import sys
 
-try:
-    from hud import Environment
-    from hud.capabilities import Capability
-except ImportError:
+# Served by envkit (`python -m hud_ray.envkit`, or its zygote) → envkit's Environment;
+# by hud's server → hud's. hud is importable in both cases (one install).
+_main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+if "hud_ray.envkit.__main__" in sys.modules or getattr(_main_spec, "name", "") == \
+        "hud_ray.envkit.__main__":
     from hud_ray.envkit import Environment
 
     Capability = None
+else:
+    from hud import Environment
+    from hud.capabilities import Capability
 
 env = Environment("dual", version="1.2.3")
 _servers: list[asyncio.Server] = []

@@ -36,5 +36,15 @@ def policy(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> dict[
         if not results:
             return call(tool_named(tools, "bash"),
                         {"command": f"printf %s {m[1]} > {m[2]} && cat {m[2]}"})
-        return answer(results[-1].strip())
+        return answer(shell_output(results[-1]))
     return answer("I don't know")
+
+
+def shell_output(result: str) -> str:
+    """What a command printed, from hud's bash tool result (`$ cmd`, output, `(exit N)`)."""
+    lines = result.strip().splitlines()
+    if lines and lines[0].startswith("$ "):
+        lines = lines[1:]
+    if lines and lines[-1].startswith("(exit"):
+        lines = lines[:-1]
+    return "\n".join(lines).strip()
