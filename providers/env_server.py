@@ -57,6 +57,17 @@ _EXCEPTION = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(Error|Exception|Exit|Interru
                         r"[A-Za-z_][\w.]*Error)(: (?P<msg>.*))?$")
 
 
+_LOCATED = re.compile(r"^\S+\.py:\d+: ")
+# Frames in these directories are the server's machinery, not the user's env file.
+_MACHINERY = (str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent
+                                                        / "hud_ray"))
+
+
+def _is_users(file: str) -> bool:
+    return not (file.startswith("<") or "site-packages" in file or "/lib/python" in file
+                or file.startswith(_MACHINERY))
+
+
 def start_failure_summary(output: str) -> str:
     """One line saying why an env server died before serving, from its last output:
     envkit's own `envkit: cannot load FILE:LINE: Type: message`, else the innermost
@@ -69,9 +80,12 @@ def start_failure_summary(output: str) -> str:
     exception = next((i for i in range(len(lines) - 1, -1, -1)
                       if _EXCEPTION.match(lines[i].strip())), None)
     if exception is not None:
+        match = _EXCEPTION.match(lines[exception].strip())
+        assert match is not None
+        if match["msg"] and _LOCATED.match(match["msg"]):
+            return match["msg"]  # a loader's own error already names file and line
         frames = [_FRAME.match(line) for line in lines[:exception]]
-        own = [m for m in frames if m and "site-packages" not in m["file"]
-               and "/lib/python" not in m["file"] and not m["file"].startswith("<")]
+        own = [m for m in frames if m and _is_users(m["file"])]
         where = f"{own[-1]['file']}:{own[-1]['line']}: " if own else ""
         return f"{where}{lines[exception].strip()}"
     return lines[-1].strip() if lines else "(no output)"

@@ -141,8 +141,9 @@ def test_env_that_exits_at_once_reports_code_and_last_output(tmp_path):
 def test_env_file_raising_on_import_names_file_line_and_error(tmp_path):
     row = one("import_error.py", "count", tmp_path)
     assert row.status is Status.ENV_ERROR and row.error_type == "EnvStartError", row
-    assert f"cannot load {ENVS / 'import_error.py'}:4: RuntimeError: license server unreachable" \
-        in row.error_message
+    assert row.error_message.startswith(
+        f"env server failed to start: {ENVS / 'import_error.py'}:4: RuntimeError: license "
+        "server unreachable"), row.error_message
 
 
 def test_env_file_without_an_environment(tmp_path):

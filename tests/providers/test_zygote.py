@@ -556,29 +556,31 @@ def _failing_row(env_file: Path, tmp_path: Path, ready_timeout_s: float = 20):
     return row, provider
 
 
-def test_forked_env_that_exits_at_once_is_infra_error_with_its_output(tmp_path):
+def test_forked_env_that_exits_at_once_is_env_error_with_its_output(tmp_path):
     env_file = tmp_path / "serve_fails.py"
     env_file.write_text(SERVE_FAILS)
     row, provider = _failing_row(env_file, tmp_path)
     assert provider.parents[0] != os.getpid()  # it was forked
-    assert row.status is Status.INFRA_ERROR
+    assert row.status is Status.ENV_ERROR and row.error_type == "EnvStartError"
     assert "code 4" in row.error_message and "opening /data/app.db" in row.error_message
     # what importing the env printed (in the zygote) leads its output, as in a fresh process
     assert row.error_message.index("config: /data/app.toml") < row.error_message.index("opening")
     assert "fatal: /data/app.db is locked" in row.error_message
 
 
-def test_env_failing_on_import_falls_back_and_is_infra_error_with_its_output(tmp_path):
+def test_env_exiting_on_import_in_the_zygote_falls_back_and_is_env_error(tmp_path):
+    # sys.exit(3) while importing: the zygote is no use (not the code 1 of a raise), so
+    # the env runs as a plain subprocess, which exits the same way: the env's failure.
     row, provider = _failing_row(ENVS / "exits_at_once.py", tmp_path)
     assert provider.parents == [os.getpid()]  # the zygote could not load it: a subprocess
-    assert row.status is Status.INFRA_ERROR and "code 3" in row.error_message
+    assert row.status is Status.ENV_ERROR and "code 3" in row.error_message
     assert "fatal: /data/fixtures.db: no such file" in row.error_message
 
 
-def test_forked_env_that_never_prints_its_port_is_infra_error_with_its_output(tmp_path):
+def test_forked_env_that_never_prints_its_port_is_env_error_with_its_output(tmp_path):
     row, provider = _failing_row(ENVS / "never_ready.py", tmp_path, ready_timeout_s=1.5)
     assert provider.parents[0] != os.getpid()
-    assert row.status is Status.INFRA_ERROR
+    assert row.status is Status.ENV_ERROR
     assert "waiting for shard 1" in row.error_message
 
 

@@ -1,0 +1,123 @@
+"""HUD users' own envs and agents, unchanged, on the one install — through `hud-ray run`
+(CLI, Ray workers) AND hud's own `Taskset.run` in the same test: the same reward per row
+and the same tool calls, call for call.
+
+The envs (tests/fakes/hud_envs/) are written the way hud 0.6.21's docs write them: an
+`Environment` with `@env.template`, FastMCP tools published as an MCP capability, a raw TCP
+capability reached through `tunnel.open`, a `returns=` answer, `EvaluationResult` grades,
+an agent-less `verifier`, an `env.workspace` ssh shell, and `tasks.py` task files. The
+agents are hud's own `OpenAIChatAgent` against a scripted OpenAI-compatible server on
+127.0.0.1 (tests/fakes/openai_server.py), and a hud `Agent` subclass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.fakes.hud_envs.policy import policy
+from tests.fakes.openai_server import ScriptedModel
+
+REPO = Path(__file__).resolve().parents[2]
+HUD_ENVS = REPO / "tests" / "fakes" / "hud_envs"
+TASKSET_RUN = REPO / "tests" / "fakes" / "hud_side" / "taskset_run.py"
+HUD_RAY = str(Path(sys.executable).parent / "hud-ray")
+OPENAI_CHAT = "hud.agents.openai_compatible:OpenAIChatAgent"
+KEY_VAR = "SCRIPTED_MODEL_KEY"
+
+pytestmark = [pytest.mark.hud, pytest.mark.slow]
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "HUD_API_KEY": "", "HUD_FILE_TRACKING_ENABLED": "false",
+           KEY_VAR: "sk-scripted-not-a-secret", "RAY_AUTH_MODE": "disabled"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def hud_taskset_run(tasks: Path, env_file: Path, agent: dict, tmp: Path) -> dict[str, dict]:
+    out = tmp / "hud_rows.json"
+    done = subprocess.run([sys.executable, str(TASKSET_RUN), str(tasks), str(env_file),
+                           json.dumps(agent), str(out)], env=_env(), cwd=REPO,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def hud_ray_run(tasks: Path, agent: str, tmp: Path, *extra: str) -> list[dict]:
+    run_id = f"hudenv-{int(time.time() * 1000)}"
+    done = subprocess.run([HUD_RAY, "run", str(tasks), "--agent", agent, "--out", str(tmp),
+                           "--run-id", run_id, "--concurrency", "4", "--no-progress", *extra],
+                          env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return pq.read_table(tmp / run_id / "rollouts").to_pylist()
+
+
+def model_opts(model: ScriptedModel) -> list[str]:
+    return ["--agent-opt", "model=scripted-1", "--agent-opt", f"base_url={model.base_url}",
+            "--agent-opt", f"api_key_env={KEY_VAR}"]
+
+
+def test_mcp_tools_verifier_and_tasks_py_match_hud_taskset_run(tmp_path):
+    tasks = HUD_ENVS / "tools" / "tasks.py"
+    with ScriptedModel(policy) as model:
+        theirs = hud_taskset_run(tasks, HUD_ENVS / "tools" / "env.py",
+                                 {"spec": OPENAI_CHAT, "config": {
+                                     "model": "scripted-1", "base_url": model.base_url,
+                                     "api_key": "sk-scripted-not-a-secret"}}, tmp_path)
+        their_calls = model.tool_calls()
+        model.conversations.clear()
+        rows = hud_ray_run(tasks, f"hud:{OPENAI_CHAT}", tmp_path, *model_opts(model))
+        our_calls = model.tool_calls()
+    ours = {row["slug"]: row for row in rows}
+    assert set(ours) == set(theirs) and len(ours) == 6
+    for slug, row in ours.items():
+        assert row["status"] == "ok", (slug, row["error_message"])
+        assert row["reward"] == theirs[slug]["reward"], (slug, row["reward"], theirs[slug])
+    # The verifier row: the verifier's grade (half of the actor's 1.0) is the grade of record.
+    assert ours["add-verified"]["reward"] == 0.5
+    steps = json.loads(ours["add-verified"]["steps"])
+    assert [s["grade"]["score"] for s in steps if s["kind"] == "actor_grade"] == [1.0]
+    # Several turns of MCP tool calls, the same calls in the same order for every task.
+    assert our_calls == their_calls
+    assert len(our_calls["Use the add tool twice to compute 1 + 2 + 3. "
+                         "Reply with the number only."]) == 2
+    # The key was given by variable name: its value is nowhere in the run directory.
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and "hudenv-" in str(path):
+            assert b"sk-scripted-not-a-secret" not in path.read_bytes(), path
+
+
+def test_raw_capability_through_tunnel_with_a_hud_agent_matches_hud(tmp_path):
+    tasks = tmp_path / "kv.jsonl"
+    tasks.write_text("".join(json.dumps({"env": "tools", "id": "kv_get", "args": {"key": k}})
+                             + "\n" for k in ("k1", "k2", "k5")))
+    env_file = HUD_ENVS / "tools" / "env.py"
+    agent = str(HUD_ENVS / "kv_agent.py") + ":KVAgent"
+    theirs = hud_taskset_run(tasks, env_file, {"spec": agent}, tmp_path)
+    rows = hud_ray_run(tasks, f"hud:{agent}", tmp_path, "--provider-opt", f"env_file={env_file}")
+    assert {r["slug"]: r["reward"] for r in rows} == {s: v["reward"] for s, v in theirs.items()}
+    assert all(r["status"] == "ok" and r["reward"] == 1.0 for r in rows), rows
+
+
+def test_ssh_workspace_with_the_bash_tool_matches_hud(tmp_path):
+    tasks = HUD_ENVS / "workspace" / "tasks.py"
+    with ScriptedModel(policy) as model:
+        theirs = hud_taskset_run(tasks, HUD_ENVS / "workspace" / "env.py",
+                                 {"spec": OPENAI_CHAT, "config": {
+                                     "model": "scripted-1", "base_url": model.base_url,
+                                     "api_key": "x"}}, tmp_path)
+        their_calls = model.tool_calls()
+        model.conversations.clear()
+        rows = hud_ray_run(tasks, f"hud:{OPENAI_CHAT}", tmp_path, *model_opts(model))
+        our_calls = model.tool_calls()
+    assert {r["slug"]: r["reward"] for r in rows} == {s: v["reward"] for s, v in theirs.items()}
+    assert all(r["status"] == "ok" and r["reward"] == 1.0 for r in rows), rows
+    assert our_calls == their_calls and all(c[0][0] == "bash" for c in our_calls.values())
