@@ -171,8 +171,8 @@ def iter_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     except FileNotFoundError:
         raise TaskFileError(f"{name}: task file not found") from None
     except IsADirectoryError:
-        raise TaskFileError(f"{name}: is a directory without Python task sources, "
-                            "not a task file") from None
+        raise TaskFileError(f"{name}: is a directory, not a task file (and it holds no "
+                            "Python task sources)") from None
     except PermissionError:
         raise TaskFileError(f"{name}: task file is not readable (permission denied)") from None
 

@@ -360,3 +360,57 @@ def test_report_on_a_run_whose_manifest_is_corrupt(tmp_path):
 ])
 def test_reap_with_bad_arguments(tmp_path, args, named):
     assert_one_error(hud_ray("reap", *args, cwd=tmp_path), *named)
+
+
+# --- hud task sources and agent configuration (one install: hud is importable) ---------------
+
+
+def test_tasks_py_raising_on_import_names_its_file_and_line(tmp_path):
+    (tmp_path / "env.py").write_text("from hud import Environment\nenv = Environment('e')\n")
+    tasks = tmp_path / "tasks.py"
+    tasks.write_text("from env import env\n\nraise RuntimeError('dataset missing')\n")
+    run_error(tmp_path, str(tasks), "--agent", "nop",
+              named=(f"{tasks}:3: RuntimeError: dataset missing", "Taskset.from_file"))
+
+
+def test_tasks_py_without_tasks(tmp_path):
+    (tmp_path / "env.py").write_text("from hud import Environment\nenv = Environment('e')\n")
+    tasks = tmp_path / "tasks.py"
+    tasks.write_text("from env import env\n")
+    run_error(tmp_path, str(tasks), "--agent", "nop", named=("tasks.py: defines no hud Task",))
+
+
+def test_verifier_on_another_env_is_refused_naming_row_and_field(tmp_path):
+    row = good("a", verifier={"env": "grader", "id": "check"})
+    tasks = write_rows(tmp_path / "tasks.jsonl", [good("b"), row])
+    run_error(tmp_path, str(tasks), "--agent", "rule", *ENV_OPT,
+              named=(f"{tasks}:2: field 'verifier'", "same env ('demo')", "got env 'grader'"))
+
+
+def test_agent_api_key_variable_unset_is_named_before_any_sandbox(tmp_path):
+    env = cli_env()
+    env.pop("HUD_RAY_TEST_UNSET_KEY", None)
+    run_error(tmp_path, str(DEMO_TASKS), "--agent",
+              "hud:hud.agents.openai_compatible:OpenAIChatAgent", *ENV_OPT,
+              "--agent-opt", "base_url=http://127.0.0.1:9/v1",
+              "--agent-opt", "api_key_env=HUD_RAY_TEST_UNSET_KEY", env=env,
+              named=("api_key_env=HUD_RAY_TEST_UNSET_KEY",
+                     "environment variable HUD_RAY_TEST_UNSET_KEY is not set"))
+
+
+def test_agent_config_file_missing_or_not_a_mapping(tmp_path):
+    run_error(tmp_path, str(DEMO_TASKS), "--agent", "rule", *ENV_OPT,
+              "--agent-config", str(tmp_path / "agent.yaml"),
+              named=(f"--agent-config {tmp_path / 'agent.yaml'}: file not found",))
+    (tmp_path / "agent.yaml").write_text("- model\n- base_url\n")
+    run_error(tmp_path, str(DEMO_TASKS), "--agent", "rule", *ENV_OPT,
+              "--agent-config", str(tmp_path / "agent.yaml"),
+              named=("agent.yaml: expected a mapping of settings, got list",))
+
+
+def test_agent_config_the_hud_agent_rejects_is_named(tmp_path):
+    run_error(tmp_path, str(DEMO_TASKS), "--agent",
+              "hud:hud.agents.openai_compatible:OpenAIChatAgent", *ENV_OPT,
+              "--agent-opt", "max_steps=many", "--agent-opt", "api_key=x",
+              "--agent-opt", "base_url=http://127.0.0.1:9/v1",
+              named=("building the agent failed", "max_steps"))

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,56 @@ def test_bad_row_past_the_plan_time_scan_stops_the_run_keeping_its_rows(tmp_path
     first = {r["rollout_key"]: r["started_at"] for r in rows}
     assert {r["rollout_key"]: r["started_at"] for r in after if r["rollout_key"] in first} == first
     assert read_manifest(run_dir)["state"] == "finished"
+
+
+# --- a broken env: the first sandbox tells, the run stops ----------------------------------
+
+BROKEN_ENV = '''
+import os
+
+with open({starts!r}, "a") as log:  # one line per import of this file
+    log.write(f"{{os.getpid()}}\\n")
+
+from hud.environment import Environment
+import fastmcp_plugin_that_is_not_installed
+
+env = Environment(name="broken")
+'''
+
+
+@pytest.mark.slow
+def test_env_that_cannot_import_stops_the_run_after_one_sandbox(tmp_path):
+    starts = tmp_path / "imports.log"
+    env_file = tmp_path / "env.py"
+    env_file.write_text(BROKEN_ENV.format(starts=str(starts)))
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps({"env": "broken", "id": "count", "args": {"n": i}})
+                             + "\n" for i in range(40)))
+    env = cli_env(RAY_ADDRESS="local", HUD_RAY_STATE_DIR=os.environ["HUD_RAY_STATE_DIR"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hud_ray.cli", "run", str(tasks), "--agent", "nop",
+         "--concurrency", "8", "--warm", "0", "--out", str(tmp_path / "runs"), "--run-id", "r",
+         "--no-progress"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    assert proc.stderr is not None
+    lines, started_at = [], None
+    for line in proc.stderr:  # the run starts once Ray is up and the plan printed its dir
+        lines.append(line.rstrip())
+        if line.startswith("run directory:"):
+            started_at = time.monotonic()
+    code = proc.wait(timeout=120)
+    stopped_after_s = time.monotonic() - started_at if started_at else None
+    print(f"broken env: run stopped {stopped_after_s:.1f}s after it started")
+    ours = [line for line in lines if line.startswith("hud-ray:")]
+    assert code == 1, lines
+    assert len(ours) == 1 and ours[0].startswith("hud-ray: run stopped: the env failed to "
+                                                 "start in the run's first sandbox"), lines
+    assert (f"{env_file}:8: ModuleNotFoundError: No module named "
+            "'fastmcp_plugin_that_is_not_installed'") in ours[0]
+    assert "Traceback" not in "\n".join(lines)
+    # One sandbox tried, once: no fan-out, no retries (the zygote's import is the only one).
+    assert starts.read_text().count("\n") == 1, starts.read_text()
+    assert read_results(tmp_path / "runs" / "r").num_rows == 0  # nothing ran: resume runs all
+    assert read_manifest(tmp_path / "runs" / "r")["state"] == "aborted"
+    # ≈ 3 s on a quiet 2-core machine; the bound leaves room for a loaded CI box.
+    assert stopped_after_s is not None and stopped_after_s < 15, stopped_after_s

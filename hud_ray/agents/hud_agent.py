@@ -225,11 +225,22 @@ def _build_agent(spec: str, target: str, config: dict[str, Any]) -> Any:
         raise
     except Exception as exc:
         raise AgentSpecError(f"agent spec {spec!r}: building the agent failed: "
-                             f"{type(exc).__name__}: {exc}") from None
+                             f"{_one_line(exc)}") from None
     if not isinstance(agent, base):
         raise AgentSpecError(f"agent spec {spec!r}: {attr} returned {type(agent).__name__}, "
                              "not a hud Agent")
     return agent
+
+
+def _one_line(exc: Exception) -> str:
+    """A config the agent rejects, as one line naming the setting."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        problems = [f"{'.'.join(str(p) for p in e['loc']) or '(config)'}: {e['msg']}"
+                    for e in exc.errors()]
+        return f"invalid agent config: {'; '.join(problems)}"
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 def _type_path(obj: Any) -> str:

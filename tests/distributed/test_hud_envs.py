@@ -121,3 +121,36 @@ def test_ssh_workspace_with_the_bash_tool_matches_hud(tmp_path):
     assert {r["slug"]: r["reward"] for r in rows} == {s: v["reward"] for s, v in theirs.items()}
     assert all(r["status"] == "ok" and r["reward"] == 1.0 for r in rows), rows
     assert our_calls == their_calls and all(c[0][0] == "bash" for c in our_calls.values())
+
+
+# --- a native agent: session.mcp() on local and attach ----------------------------------------
+
+NATIVE = str(HUD_ENVS / "native_agent.py") + ":agent"
+
+
+def _native_tasks(tmp: Path) -> Path:
+    tasks = tmp / "native.jsonl"
+    rows = [{"env": "tools", "id": "add", "args": {"a": 7, "b": 8}},
+            {"env": "tools", "id": "lookup", "args": {"key": "k9"}},
+            {"env": "tools", "id": "kv_get", "args": {"key": "k4"}},
+            {"env": "tools", "id": "add", "args": {"a": -3, "b": 3}}]
+    tasks.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tasks
+
+
+def test_native_agent_uses_mcp_tools_through_session_mcp_on_local(tmp_path):
+    rows = hud_ray_run(_native_tasks(tmp_path), NATIVE, tmp_path,
+                       "--provider-opt", f"env_file={HUD_ENVS / 'tools' / 'env.py'}")
+    assert len(rows) == 4 and all(r["status"] == "ok" and r["reward"] == 1.0 for r in rows), rows
+    assert any('"name": "lookup"' in r["steps"] for r in rows)
+
+
+def test_native_agent_uses_mcp_tools_through_session_mcp_on_attach(tmp_path):
+    from tests.fakes.procs import EnvServer
+
+    with EnvServer(HUD_ENVS / "tools" / "env.py", module="hud.environment.server",
+                   extra_env={"HUD_API_KEY": ""}, timeout_s=90) as server:
+        rows = hud_ray_run(_native_tasks(tmp_path), NATIVE, tmp_path, "--provider", "attach",
+                           "--provider-opt", f"url={server.url}")
+    assert len(rows) == 4 and all(r["status"] == "ok" and r["reward"] == 1.0 for r in rows), rows
+    assert {r["provider"] for r in rows} == {"attach"}
