@@ -16,8 +16,8 @@ import sys
 os.environ["HUD_API_KEY"] = ""
 os.environ.setdefault("HUD_FILE_TRACKING_ENABLED", "false")
 
-from hud import LocalRuntime  # noqa: E402
-from hud.eval import Taskset  # noqa: E402
+from hud import LocalRuntime
+from hud.eval import Taskset
 
 
 def load_agent(spec: str, config: dict):
