@@ -104,6 +104,7 @@ def sandbox_spec(rollout: Rollout, config: RolloutConfig, deadline_s: float) -> 
     return SandboxSpec(
         name=sandbox_name(config.run_id, rollout.rollout_key, config.attempt),
         image=runtime.image if runtime else None,
+        compose=runtime.compose if runtime else None,
         env_name=rollout.task.env_name,
         resources=runtime.resources if runtime else None,
         lifetime_s=deadline_s + config.teardown_timeout_s,

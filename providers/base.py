@@ -62,6 +62,7 @@ class SandboxSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(description="deterministic sandbox name: a retried create finds it")
     image: str | None = None
+    compose: Any = Field(None, description="runtime_config.compose (no provider runs one yet)")
     env_name: str | None = None
     env_vars: dict[str, str] = Field(default_factory=dict)
     resources: Resources | None = None
@@ -140,6 +141,10 @@ class Provider(ABC):
     def check_spec(self, spec: SandboxSpec) -> None:
         """Raise UnsupportedSpecError for anything in `spec` this provider cannot honour."""
         caps = self.capabilities
+        if spec.compose is not None:
+            raise UnsupportedSpecError(
+                f"provider {self.name!r} cannot run a Compose project (runtime_config.compose)"
+            )
         if spec.image and not caps.images:
             raise UnsupportedSpecError(
                 f"provider {self.name!r} cannot run images (runtime_config.image={spec.image!r})"

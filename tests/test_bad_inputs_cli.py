@@ -414,3 +414,10 @@ def test_agent_config_the_hud_agent_rejects_is_named(tmp_path):
               "--agent-opt", "max_steps=many", "--agent-opt", "api_key=x",
               "--agent-opt", "base_url=http://127.0.0.1:9/v1",
               named=("building the agent failed", "max_steps"))
+
+
+def test_compose_runtime_is_refused_naming_row_and_provider(tmp_path):
+    tasks = write_rows(tmp_path / "tasks.jsonl",
+                       [good("a", runtime_config={"compose": {"services": {"app": {}}}})])
+    run_error(tmp_path, str(tasks), "--agent", "rule", *ENV_OPT,
+              named=(f"{tasks}:1", "provider 'local' cannot run a Compose project"))
