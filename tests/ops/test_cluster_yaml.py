@@ -46,7 +46,7 @@ def test_cluster_yaml_passes_rays_own_validation(cluster_config, ray_version):
     # Our setup replaced Ray's AWS defaults (a nightly wheel) instead of adding to them.
     assert not any("ray-wheels" in c for c in prepared["head_setup_commands"])
     assert any("boto3" in c for c in prepared["head_setup_commands"])  # the autoscaler needs it
-    assert any('"hud-ray[modal,daytona]"' in c for c in prepared["worker_setup_commands"])
+    assert any('"hud-ray[modal,daytona,hud]"' in c for c in prepared["worker_setup_commands"])
 
 
 def test_prepare_and_validate_make_no_network_call_and_spawn_nothing():
