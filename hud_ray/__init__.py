@@ -14,6 +14,7 @@ _LAZY = {
     "run_distributed": "hud_ray.api",
     "stream_distributed": "hud_ray.api",
     "read_results": "hud_ray.results",
+    "read_steps": "hud_ray.results",
     "attach": "hud_ray.api",
     "Task": "hud_ray.tasks",
     "load_tasks": "hud_ray.tasks",

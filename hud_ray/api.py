@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from hud_ray.agents import agent_name, resolve_agent
 from hud_ray.agents.config import API_KEY_ENV, configure_agent, redacted_config
+from hud_ray.prices import check_prices
 from hud_ray.progress import Progress
 from hud_ray.results import ResultWriter, done_keys, read_manifest, read_results
 from hud_ray.tasks import Task, count_rows, expand, tasks_from
@@ -112,6 +113,8 @@ def plan_run(
     provider_options: dict[str, Any] | None = None,
     agent_config: dict[str, Any] | None = None,
     probe: bool = True,
+    keep_raw: bool = False,
+    prices: dict[str, Any] | None = None,
     **provider_kwargs: Any,
 ) -> RunPlan:
     """Validate everything that can fail before a run starts. Provider options come as
@@ -125,6 +128,7 @@ def plan_run(
         ready_timeout_s=ready_timeout_s, max_attempts=max_attempts, max_failures=max_failures,
         max_failure_fraction=max_failure_fraction, warm=warm)
     preflight.check_governor(governor)
+    prices = check_prices(prices)
     preflight.check_task_source(tasks)
     agent_spec = agent
     agent = configure_agent(agent, agent_config)
@@ -161,7 +165,8 @@ def plan_run(
         max_failures=max_failures, max_failure_fraction=max_failure_fraction,
         retry_backoff_s=retry_backoff_s, deadline_grace_s=deadline_grace_s,
         rollout={"deadline_s": timeout_s, "ready_timeout_s": min(ready_timeout_s, timeout_s),
-                 "teardown_timeout_s": teardown_timeout_s},
+                 "teardown_timeout_s": teardown_timeout_s, "keep_raw": keep_raw,
+                 "prices": prices},
         env_vars={k: os.environ[k] for k in (*FORWARDED_ENV, *agent_env_names(agent_config))
                   if k in os.environ},
         governor=governor_settings(governor), resume=resume, probe_first=probe,

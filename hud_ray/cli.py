@@ -83,6 +83,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warm", type=float, default=None, metavar="DEPTH",
                    help="sandboxes kept warm per slot (default: 1 for local/sim, 0 for "
                         "providers that bill idle sandboxes)")
+    p.add_argument("--keep-raw", action="store_true",
+                   help="keep raw model responses in the steps (large; off by default)")
+    p.add_argument("--price-table", default=None, metavar="FILE",
+                   help="YAML/JSON {model: {input: $/1M tokens, output: $/1M tokens}} for "
+                        "cost_usd, over the built-in table (hud_ray/prices.py)")
     p.add_argument("--no-probe", action="store_true",
                    help="fan out at once, without first waiting for one sandbox's env to "
                         "answer hello (a broken env then fails every rollout)")
@@ -154,6 +159,24 @@ def governor_policy(args: argparse.Namespace) -> dict[str, Any] | bool:
     return policy or True
 
 
+def load_price_table(path: str | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    import yaml
+
+    from hud_ray.prices import check_prices
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"--price-table {path}: cannot read it ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)  # JSON is YAML too
+    except yaml.YAMLError as exc:
+        raise ValueError(f"--price-table {path}: malformed: {exc}") from None
+    return check_prices(data, where=f"--price-table {path}")
+
+
 def cmd_run(args: argparse.Namespace, tasks: str, agent: str) -> int:
     from hud_ray.agents.config import load_agent_config
     from hud_ray.api import plan_run
@@ -167,7 +190,8 @@ def cmd_run(args: argparse.Namespace, tasks: str, agent: str) -> int:
         out=args.out, run_id=args.run_id, resume=args.resume, workers=args.workers,
         timeout_s=args.timeout, max_attempts=args.max_attempts,
         progress=not args.no_progress, governor=governor_policy(args), warm=args.warm,
-        probe=not args.no_probe,
+        probe=not args.no_probe, keep_raw=args.keep_raw,
+        prices=load_price_table(args.price_table),
         provider_options=parse_options(args.provider_opt), **_failure_budget(args.max_failures),
     )
     print(f"run directory: {plan.run_dir}", file=sys.stderr, flush=True)

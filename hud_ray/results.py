@@ -23,8 +23,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hud_ray.schema import arrow_schema, utcnow
+from hud_ray.trajectory import step_schema
 
 PARTS_DIR = "rollouts"
+STEPS_DIR = "steps"
 MANIFEST = "manifest.json"
 
 
@@ -45,6 +47,21 @@ def read_results(run_dir: str | Path, columns: list[str] | None = None) -> pa.Ta
         return table.select(columns) if columns else table
     tables = [pq.read_table(f, columns=columns) for f in files]
     return pa.concat_tables(tables, promote_options="permissive")
+
+
+def read_steps(run_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """Every step of a run (one row per step; join on `rollout_key`)."""
+    from hud_ray.trajectory import step_schema
+
+    # A steps part counts once its rollouts part exists (written right after it): steps
+    # of rows a crash lost between the two are rerun, and must not show up twice.
+    files = [f for f in sorted((Path(run_dir) / STEPS_DIR).glob("part-*.parquet"))
+             if (Path(run_dir) / PARTS_DIR / f.name).exists()]
+    if not files:
+        table = step_schema().empty_table()
+        return table.select(columns) if columns else table
+    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files],
+                            promote_options="permissive")
 
 
 def done_keys(run_dir: str | Path) -> set[str]:
@@ -71,6 +88,12 @@ def _warm_parquet_writer(schema: pa.Schema) -> None:
         pq.write_table(schema.empty_table(), io.BytesIO())
 
 
+def _write_atomically(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
@@ -93,7 +116,9 @@ class ResultWriter:
         self.flush_rows = flush_rows
         self.flush_s = flush_s
         self.schema = arrow_schema()
+        self.step_schema = step_schema()
         self._buffer: list[dict[str, Any]] = []
+        self._step_buffer: list[dict[str, Any]] = []
         self._written: list[pa.RecordBatch] = []  # batches not yet handed to a stream
         # As if the last flush were long ago: the first rows go to disk as soon as they
         # land (a run's first row must not wait out the timer), later ones every flush_s.
@@ -109,6 +134,7 @@ class ResultWriter:
         manifest_path = self.run_dir / MANIFEST
         try:
             (self.run_dir / PARTS_DIR).mkdir(parents=True, exist_ok=True)
+            (self.run_dir / STEPS_DIR).mkdir(exist_ok=True)
         except OSError as exc:
             raise RunDirError(f"output directory {self.run_dir} is not writable: {exc}") from None
         if not os.access(self.run_dir, os.W_OK):
@@ -142,6 +168,7 @@ class ResultWriter:
     # --- rows --------------------------------------------------------------------------
     def add(self, row: dict[str, Any]) -> pa.RecordBatch | None:
         """Buffer one row; returns the batch written if this triggered a flush."""
+        self._step_buffer.extend(row.pop("_steps", None) or ())
         self._buffer.append(row)
         self.counts[row["status"]] += 1
         if len(self._buffer) >= self.flush_rows:
@@ -158,10 +185,14 @@ class ResultWriter:
         if not self._buffer:
             return None
         batch = pa.RecordBatch.from_pylist(self._buffer, schema=self.schema)
-        path = self.run_dir / PARTS_DIR / f"part-{self._next_part:05d}.parquet"
-        tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(pa.Table.from_batches([batch]), tmp)
-        os.replace(tmp, path)
+        name = f"part-{self._next_part:05d}.parquet"
+        # Steps first: a rollouts part on disk means its steps are there too (a resume
+        # skips what rollouts/ holds, so steps written without it would be rerun twice).
+        if self._step_buffer:
+            steps = pa.Table.from_pylist(self._step_buffer, schema=self.step_schema)
+            _write_atomically(steps, self.run_dir / STEPS_DIR / name)
+            self._step_buffer = []
+        _write_atomically(pa.Table.from_batches([batch]), self.run_dir / PARTS_DIR / name)
         self._next_part += 1
         self.rows_written += len(self._buffer)
         self._buffer = []

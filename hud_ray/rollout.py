@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from hud_ray.agents import Agent, Session, agent_name
 from hud_ray.schema import RolloutResult, Status, utcnow
 from hud_ray.tasks import Rollout
+from hud_ray.trajectory import step_rows, summary
 from hud_ray.wire import (
     EnvClient,
     FrameTooLarge,
@@ -57,6 +58,8 @@ class RolloutConfig(BaseModel):
     attempt: int = 1
     worker_id: str | None = None
     node_id: str | None = None
+    keep_raw: bool = False  # raw model responses in steps (off: they dominate the bytes)
+    prices: dict[str, dict[str, float]] = {}  # $/1M tokens by model, over the defaults
 
 
 class Prepared(BaseModel):
@@ -421,6 +424,11 @@ class RolloutRunner:
     def _result(self, status: Status, failure: RolloutFailure | None) -> RolloutResult:
         task = self.rollout.task
         message = str(failure) if failure else None
+        steps = self.session.steps if self.session else []
+        typed = step_rows(steps, keep_raw=self.config.keep_raw)
+        trajectory = summary(typed, prices=self.config.prices)
+        for row in typed:
+            row["run_id"], row["rollout_key"] = self.config.run_id, self.rollout.rollout_key
         if self._teardown_error:
             message = f"{message}; {self._teardown_error}" if message else self._teardown_error
         return RolloutResult(
@@ -449,7 +457,9 @@ class RolloutRunner:
             grade=self.grade,
             answer=_as_text(self.answer),
             prompt=_as_text(self.prompt),
-            steps=self.session.steps if self.session else [],
+            steps=steps if self.config.keep_raw else _without_raw(steps),
+            step_rows=typed,
+            **trajectory,
             columns=task.columns,
             started_at=self.started_at,
             finished_at=utcnow(),
@@ -473,6 +483,19 @@ def _provider_failure(exc: Exception) -> RolloutFailure:
     if isinstance(exc, QuotaError):
         return RolloutFailure(Status.QUOTA_ERROR, exc)
     return RolloutFailure(Status.INFRA_ERROR, exc)
+
+
+def _without_raw(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The steps JSON without raw provider responses (kept only when asked for)."""
+    out = []
+    for step in steps:
+        inner = step.get("step")
+        if step.get("kind") == "hud" and isinstance(inner, dict) and "raw" in inner:
+            step = {**step, "step": {k: v for k, v in inner.items() if k != "raw"}}
+        elif "raw" in step:
+            step = {k: v for k, v in step.items() if k != "raw"}
+        out.append(step)
+    return out
 
 
 def _as_text(value: Any) -> str | None:

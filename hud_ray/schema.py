@@ -1,7 +1,10 @@
 """One row per finished rollout: the pydantic model and the Arrow schema it lands in.
 
 Anyone can read a run with pyarrow.dataset, duckdb, polars or pandas: JSON-ish values
-(args, grade, steps, columns) are stored as JSON strings, times as UTC timestamps.
+(args, grade, steps, columns) are stored as JSON strings, times as UTC timestamps. The
+trajectory's numbers (turns, tool calls, tokens, model, cost) are typed columns, and its
+steps a dataset of their own (`runs/<id>/steps/`, `hud_ray.trajectory.step_schema`).
+Schema version 2 added those columns; version-1 parts read back with them NULL.
 """
 
 from __future__ import annotations
@@ -66,16 +69,31 @@ class RolloutResult(BaseModel):
     teardown_s: float | None = None
     total_s: float | None = None
     sandbox_seconds: float | None = None
+    # The trajectory, typed (hud_ray/trajectory.py): what every rollout has is a column.
+    n_turns: int | None = None
+    n_tool_calls: int | None = None
+    n_tool_errors: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    model: str | None = None
+    stop_reason: str | None = None
+    llm_s: float | None = None
+    llm_wait_s: float | None = None
+    cost_usd: float | None = None
+    step_rows: list[dict[str, Any]] = Field(
+        default_factory=list, description="typed steps for runs/<id>/steps/ (not a column)")
 
     @property
     def retryable(self) -> bool:
         return self.status in RETRYABLE and not self.fatal
 
     def to_row(self) -> dict[str, Any]:
-        row = self.model_dump(exclude={"fatal"})
+        """The rollouts/ row; its typed steps ride along under `_steps` (for steps/)."""
+        row = self.model_dump(exclude={"fatal", "step_rows"})
         row["status"] = self.status.value
         for key in ("args", "grade", "steps", "columns"):
             row[key] = None if row[key] is None else json.dumps(row[key], default=str)
+        row["_steps"] = self.step_rows
         return row
 
 
@@ -101,10 +119,14 @@ def _fields() -> list[tuple[str, Any]]:
         ("provision_s", pa.float64()), ("ready_s", pa.float64()), ("start_s", pa.float64()),
         ("agent_s", pa.float64()), ("grade_s", pa.float64()), ("teardown_s", pa.float64()),
         ("total_s", pa.float64()), ("sandbox_seconds", pa.float64()),
+        ("n_turns", pa.int32()), ("n_tool_calls", pa.int32()), ("n_tool_errors", pa.int32()),
+        ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
+        ("model", pa.string()), ("stop_reason", pa.string()), ("llm_s", pa.float64()),
+        ("llm_wait_s", pa.float64()), ("cost_usd", pa.float64()),
     ]
 
 
 def arrow_schema() -> Any:
     import pyarrow as pa
 
-    return pa.schema(_fields(), metadata={"hud_ray.schema_version": "1"})
+    return pa.schema(_fields(), metadata={"hud_ray.schema_version": "2"})

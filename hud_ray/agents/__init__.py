@@ -102,8 +102,26 @@ class Session:
                 await resources.aclose()
 
     def record_step(self, kind: str, **data: Any) -> None:
-        """Append a step to the trace stored in the `steps` column."""
+        """Append a step to the trace (the `steps` column and `runs/<id>/steps/`)."""
         self.steps.append({"kind": kind, "t": time.time(), **data})
+
+    def record_llm(self, *, model: str | None = None, prompt_tokens: int | None = None,
+                   completion_tokens: int | None = None, latency_s: float | None = None,
+                   content: str | None = None, finish_reason: str | None = None,
+                   **data: Any) -> None:
+        """One model call: it fills the rollout's `n_turns`, token, `llm_s` and
+        `cost_usd` columns. Also typed when given: `cached_tokens`, `cost_usd` (else the
+        price table's), `prompt_token_ids`, `completion_token_ids`, `logprobs`, `error`."""
+        self.record_step("llm", model=model, prompt_tokens=prompt_tokens,
+                         completion_tokens=completion_tokens, latency_s=latency_s,
+                         content=content, finish_reason=finish_reason, **data)
+
+    def record_tool(self, name: str, args: Any = None, result: Any = None, *,
+                    is_error: bool = False, latency_s: float | None = None,
+                    **data: Any) -> None:
+        """One tool call: it counts in `n_tool_calls` (and `n_tool_errors`)."""
+        self.record_step("tool", name=name, args=args, result=result, is_error=is_error,
+                         latency_s=latency_s, **data)
 
 
 class ConfiguredAgent:
@@ -151,6 +169,10 @@ def resolve_agent(spec: str | Agent) -> Agent:
         if not callable(spec):
             raise AgentSpecError(f"agent {spec!r} is not callable")
         return spec
+    if spec.startswith("openai:"):  # the built-in OpenAI-compatible tool-calling agent
+        from hud_ray.agents.openai_agent import OpenAIAgent
+
+        return OpenAIAgent(spec.removeprefix("openai:"))
     if spec.startswith("hud:"):  # a hud Agent, run through the adapter (the [hud] extra)
         from hud_ray.agents.hud_agent import hud_agent_from_spec
 

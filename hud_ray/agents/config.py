@@ -98,6 +98,10 @@ def configure_agent(agent: Any, config: dict[str, Any] | None) -> Any:
         raise AgentSpecError("agent_config applies to an agent given as a spec string "
                              f"(e.g. 'hud:pkg.mod:Agent'), not to {type(agent).__name__}")
     check_api_key_env(config)
+    if agent.startswith("openai:"):
+        from hud_ray.agents.openai_agent import OpenAIAgent
+
+        return OpenAIAgent(agent.removeprefix("openai:"), **config)
     if agent.startswith("hud:"):
         from hud_ray.agents.hud_agent import HudAgentAdapter
 

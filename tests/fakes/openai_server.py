@@ -54,6 +54,9 @@ class ScriptedModel:
         self.policy = policy
         self.model = model
         self.conversations: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        # per conversation: (prompt_tokens, completion_tokens, prompt ids, completion ids,
+        # logprobs) of each response, as sent
+        self.usage: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
         self.requests = 0
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -91,17 +94,31 @@ class ScriptedModel:
         if decision.get("tool_calls"):
             message["tool_calls"] = [
                 {"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
-                 "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}}
+                 "function": {"name": c["name"], "arguments": c["arguments"]
+                              if isinstance(c["arguments"], str) else json.dumps(c["arguments"])}}
                 for c in decision["tool_calls"]]
             finish = "tool_calls"
         prompt_tokens = len(json.dumps(messages)) // 4
-        return {
+        choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
+        reply: dict[str, Any] = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion",
-            "created": 0, "model": request.get("model") or self.model,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "created": 0, "model": request.get("model") or self.model, "choices": [choice],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 7,
                       "total_tokens": prompt_tokens + 7},
         }
+        prompt_ids = completion_ids = logprobs = None
+        if request.get("return_token_ids"):  # vLLM's extension
+            prompt_ids = [(7 * i + prompt_tokens) % 50_000 for i in range(prompt_tokens)]
+            completion_ids = [(self.requests * 13 + i) % 50_000 for i in range(7)]
+            reply["prompt_token_ids"], choice["token_ids"] = prompt_ids, completion_ids
+        if request.get("logprobs"):
+            logprobs = [-0.125 * (i + 1) for i in range(7)]
+            choice["logprobs"] = {"content": [
+                {"token": f"t{i}", "logprob": lp, "bytes": None, "top_logprobs": []}
+                for i, lp in enumerate(logprobs)]}
+        with self._lock:
+            self.usage[first_user].append((prompt_tokens, 7, prompt_ids, completion_ids, logprobs))
+        return reply
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         model = self

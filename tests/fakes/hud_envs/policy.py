@@ -19,6 +19,10 @@ def policy(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> dict[
     prompt = next((text_of(m) for m in messages if m.get("role") == "user"), "")
     results = tool_results(messages)
     if m := re.search(r"add tool to compute (-?\d+) \+ (-?\d+)\.", prompt):
+        if m[1] == "13" and not results:  # a model that emits broken JSON once
+            return call(tool_named(tools, "add"), '{"a": 13, "b": ')
+        if m[1] == "13" and len(results) == 1:
+            return call(tool_named(tools, "add"), {"a": 13, "b": int(m[2])})
         if not results:
             return call(tool_named(tools, "add"), {"a": int(m[1]), "b": int(m[2])})
         return answer(results[-1].strip())
