@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from hud_ray.agents import agent_name, resolve_agent
 from hud_ray.agents.config import API_KEY_ENV, configure_agent, redacted_config
+from hud_ray.llm_governor import check_llm_limits
 from hud_ray.prices import check_prices
 from hud_ray.progress import Progress
 from hud_ray.results import ResultWriter, done_keys, read_manifest, read_results
@@ -115,6 +116,7 @@ def plan_run(
     probe: bool = True,
     keep_raw: bool = False,
     prices: dict[str, Any] | None = None,
+    llm_limits: dict[str, Any] | None = None,
     **provider_kwargs: Any,
 ) -> RunPlan:
     """Validate everything that can fail before a run starts. Provider options come as
@@ -131,7 +133,7 @@ def plan_run(
     prices = check_prices(prices)
     preflight.check_task_source(tasks)
     agent_spec = agent
-    agent = configure_agent(agent, agent_config)
+    agent = configure_agent(agent, agent_config, check_llm_limits(llm_limits))
     resolve_agent(agent)  # fail here, not in every worker
     provider_options = default_provider_options(
         provider, tasks, {**provider_kwargs, **(provider_options or {})})
@@ -147,6 +149,7 @@ def plan_run(
     config = {
         "tasks": str(tasks) if isinstance(tasks, str | Path) else "<in-memory>",
         "agent": agent_label, "agent_config": redacted_config(agent_config),
+        "llm_limits": llm_limits,
         "provider": provider, "repeats": repeats, "variant": variant,
         "provider_options": redacted(provider_options), "concurrency": concurrency,
         "timeout_s": timeout_s, "max_attempts": max_attempts,

@@ -83,6 +83,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warm", type=float, default=None, metavar="DEPTH",
                    help="sandboxes kept warm per slot (default: 1 for local/sim, 0 for "
                         "providers that bill idle sandboxes)")
+    p.add_argument("--llm-limit", action="append", default=[], metavar="KEY=VALUE",
+                   help="govern the agent's model endpoint cluster-wide: max_concurrent=N, "
+                        "rpm=N, tpm=N (AIMD on 429/503, Retry-After honoured)")
     p.add_argument("--keep-raw", action="store_true",
                    help="keep raw model responses in the steps (large; off by default)")
     p.add_argument("--price-table", default=None, metavar="FILE",
@@ -191,6 +194,7 @@ def cmd_run(args: argparse.Namespace, tasks: str, agent: str) -> int:
         timeout_s=args.timeout, max_attempts=args.max_attempts,
         progress=not args.no_progress, governor=governor_policy(args), warm=args.warm,
         probe=not args.no_probe, keep_raw=args.keep_raw,
+        llm_limits=parse_options(args.llm_limit, "--llm-limit") or None,
         prices=load_price_table(args.price_table),
         provider_options=parse_options(args.provider_opt), **_failure_budget(args.max_failures),
     )

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from hud_ray.agents import Agent, Session, agent_name
+from hud_ray.llm_governor import LLM_WAIT
 from hud_ray.schema import RolloutResult, Status, utcnow
 from hud_ray.tasks import Rollout
 from hud_ray.trajectory import step_rows, summary
@@ -148,6 +149,7 @@ class RolloutRunner:
         self._startup_deadline: float | None = None
         self._env_unresponsive = False
         self._agent_failure: RolloutFailure | None = None
+        self._llm_wait = [0.0]  # seconds the agent's model calls waited for admission
         self.verified = False  # a verifier graded this rollout (its grade is the reward)
 
     # --- entry -----------------------------------------------------------------------
@@ -281,9 +283,11 @@ class RolloutRunner:
 
     async def _run_agent(self) -> None:
         assert self.session is not None
+        waits = LLM_WAIT.set(self._llm_wait)  # the endpoint governor adds admission waits
         try:
             await self._agent_call()
         finally:
+            LLM_WAIT.reset(waits)
             await self.session.aclose()  # MCP sessions the agent opened: in its own task
 
     async def _agent_call(self) -> None:
@@ -426,7 +430,9 @@ class RolloutRunner:
         message = str(failure) if failure else None
         steps = self.session.steps if self.session else []
         typed = step_rows(steps, keep_raw=self.config.keep_raw)
-        trajectory = summary(typed, prices=self.config.prices)
+        governed = getattr(self.agent, "llm_limits", None) is not None
+        trajectory = summary(typed, prices=self.config.prices,
+                             llm_wait_s=self._llm_wait[0] if governed else None)
         for row in typed:
             row["run_id"], row["rollout_key"] = self.config.run_id, self.rollout.rollout_key
         if self._teardown_error:

@@ -23,7 +23,7 @@ from typing import Any
 from hud_ray.agents import AgentSpecError, ConfiguredAgent
 
 API_KEY_ENV = "api_key_env"
-ADAPTER_KEYS = ("grade_errors",)
+ADAPTER_KEYS = ("grade_errors", "llm_limits")
 
 
 def load_agent_config(path: str | None, pairs: list[str]) -> dict[str, Any]:
@@ -90,8 +90,17 @@ def resolve_api_key(config: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
-def configure_agent(agent: Any, config: dict[str, Any] | None) -> Any:
-    """The agent a spec plus a configuration make (the spec itself without one)."""
+def configure_agent(agent: Any, config: dict[str, Any] | None,
+                    llm_limits: dict[str, Any] | None = None) -> Any:
+    """The agent a spec plus a configuration make (the spec itself without one).
+    `llm_limits` put the agent's model endpoint under the cluster-wide LLM governor."""
+    if llm_limits:
+        if not (isinstance(agent, str) and agent.startswith(("openai:", "hud:"))):
+            raise AgentSpecError(
+                "--llm-limit governs the model endpoint of the built-in openai:MODEL agent "
+                "and of hud's OpenAI-compatible agents (hud:...); a native agent calls its "
+                f"model itself ({agent_name_of(agent)})")
+        config = {**(config or {}), "llm_limits": llm_limits}
     if not config:
         return agent
     if not isinstance(agent, str):
@@ -105,11 +114,17 @@ def configure_agent(agent: Any, config: dict[str, Any] | None) -> Any:
     if agent.startswith("hud:"):
         from hud_ray.agents.hud_agent import HudAgentAdapter
 
-        adapter_kwargs = {k: config[k] for k in ADAPTER_KEYS if k in config}
+        adapter_kwargs: dict[str, Any] = {k: config[k] for k in ADAPTER_KEYS if k in config}
         agent_config = {k: v for k, v in config.items() if k not in ADAPTER_KEYS}
         return HudAgentAdapter(agent.removeprefix("hud:"), _spec=agent, **adapter_kwargs,
                                **agent_config)
     return ConfiguredAgent(agent, config, label=agent)
+
+
+def agent_name_of(agent: Any) -> str:
+    from hud_ray.agents import agent_name
+
+    return agent_name(agent)
 
 
 def redacted_config(config: dict[str, Any] | None) -> dict[str, Any]:

@@ -62,8 +62,9 @@ class HudAgentAdapter:
     """`async def __call__(session) -> answer` around a hud Agent (see the module doc)."""
 
     def __init__(self, agent: Any, *, grade_errors: bool = False, _spec: str | None = None,
-                 **config: Any) -> None:
+                 llm_limits: dict[str, Any] | None = None, **config: Any) -> None:
         self.grade_errors = grade_errors
+        self.llm_limits = llm_limits
         self.config = config
         self._spec = _spec or (agent if isinstance(agent, str) else None)
         self.target = agent if isinstance(agent, str) else None
@@ -80,7 +81,7 @@ class HudAgentAdapter:
     def agent(self) -> Any:
         if self._agent is None:
             self._agent = _build_agent(self._spec or self.target or "", self.target or "",
-                                       self.config)
+                                       self.config, self.llm_limits)
         elif not isinstance(self._agent, _agent_base(self._spec or "HudAgentAdapter")):
             raise AgentSpecError(f"HudAgentAdapter: {self._agent!r} is not a hud Agent")
         return self._agent
@@ -195,11 +196,14 @@ def _agent_base(spec: str) -> type:
     return Agent
 
 
-def _build_agent(spec: str, target: str, config: dict[str, Any]) -> Any:
+def _build_agent(spec: str, target: str, config: dict[str, Any],
+                 llm_limits: dict[str, Any] | None = None) -> Any:
     from hud_ray.agents.config import resolve_api_key
 
     base = _agent_base(spec)
     config = resolve_api_key(config)  # api_key_env: read on the worker that builds it
+    if llm_limits:
+        config = _with_governed_client(spec, config, llm_limits)
     module_part, sep, attr = target.rpartition(":")
     if not sep or not module_part or not attr:
         raise AgentSpecError(f"agent spec {spec!r}: expected 'hud:pkg.module:Attr' or "
@@ -230,6 +234,24 @@ def _build_agent(spec: str, target: str, config: dict[str, Any]) -> Any:
         raise AgentSpecError(f"agent spec {spec!r}: {attr} returned {type(agent).__name__}, "
                              "not a hud Agent")
     return agent
+
+
+def _with_governed_client(spec: str, config: dict[str, Any],
+                          limits: dict[str, Any]) -> dict[str, Any]:
+    """hud's OpenAI-compatible agents take a `model_client`: hand them one whose requests
+    the endpoint governor admits."""
+    if not config.get("model"):
+        raise AgentSpecError(f"agent spec {spec!r}: --llm-limit needs the agent's model "
+                             "(--agent-opt model=...) to know which endpoint it governs")
+    from openai import AsyncOpenAI
+
+    from hud_ray.agents.openai_agent import governed_http_client
+
+    client = AsyncOpenAI(api_key=config.get("api_key") or "EMPTY",
+                         base_url=config.get("base_url"),
+                         http_client=governed_http_client(config.get("base_url"),
+                                                          config["model"], limits))
+    return {**config, "model_client": client}
 
 
 def _one_line(exc: Exception) -> str:

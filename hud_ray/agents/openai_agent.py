@@ -35,7 +35,7 @@ from hud_ray.agents import AgentSpecError, Session
 SPEC_PREFIX = "openai:"
 SETTINGS = ("base_url", "api_key_env", "temperature", "top_p", "max_tokens", "max_turns",
             "system_prompt", "max_retries", "timeout_s", "return_token_ids", "logprobs",
-            "extra_body")
+            "extra_body", "llm_limits")
 
 
 class ModelEndpointError(RuntimeError):
@@ -58,6 +58,7 @@ class OpenAIAgent:
         if self.max_turns < 1:
             raise AgentSpecError(f"agent 'openai:{model}': max_turns must be >= 1")
         self.agent_label = f"{SPEC_PREFIX}{model}"
+        self.llm_limits = settings.get("llm_limits")  # the endpoint governor's limits
         self._client: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -84,7 +85,9 @@ class OpenAIAgent:
             self._client = AsyncOpenAI(
                 api_key=key, base_url=self.settings.get("base_url"),
                 max_retries=int(self.settings.get("max_retries", 2)),
-                timeout=float(self.settings.get("timeout_s", 120.0)))
+                timeout=float(self.settings.get("timeout_s", 120.0)),
+                http_client=governed_http_client(self.settings.get("base_url"), self.model,
+                                                 self.llm_limits))
         return self._client
 
     async def __call__(self, session: Session) -> Any:
@@ -143,6 +146,19 @@ class OpenAIAgent:
                         for c in message.get("tool_calls") or []] or None,
             **_token_data(response, choice))
         return {k: v for k, v in message.items() if k in ("role", "content", "tool_calls")}
+
+
+def governed_http_client(base_url: str | None, model: str,
+                         limits: dict[str, Any] | None) -> Any:
+    """An httpx client whose requests the endpoint's governor admits (None: no limits)."""
+    if not limits:
+        return None
+    import httpx
+
+    from hud_ray.llm_governor import endpoint_key, governed_transport
+
+    return httpx.AsyncClient(transport=governed_transport(endpoint_key(base_url, model), limits),
+                             timeout=None)
 
 
 def _token_data(response: Any, choice: Any) -> dict[str, Any]:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -50,9 +51,15 @@ def answer(text: str) -> dict[str, Any]:
 
 
 class ScriptedModel:
-    def __init__(self, policy: Policy, model: str = "scripted-1") -> None:
+    def __init__(self, policy: Policy, model: str = "scripted-1",
+                 limit_per_s: int | None = None) -> None:
         self.policy = policy
         self.model = model
+        # 429 mode: more than `limit_per_s` requests in the last second get
+        # `429 Too Many Requests` with `Retry-After: 1`, as a rate-limited API answers.
+        self.limit_per_s = limit_per_s
+        self.rate_limited = 0
+        self._recent: deque[float] = deque()
         self.conversations: dict[str, list[dict[str, Any]]] = defaultdict(list)
         # per conversation: (prompt_tokens, completion_tokens, prompt ids, completion ids,
         # logprobs) of each response, as sent
@@ -74,6 +81,20 @@ class ScriptedModel:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def over_limit(self) -> bool:
+        """Count this request against the per-second limit; True: answer 429."""
+        if self.limit_per_s is None:
+            return False
+        with self._lock:
+            now = time.monotonic()
+            while self._recent and now - self._recent[0] >= 1.0:
+                self._recent.popleft()
+            if len(self._recent) >= self.limit_per_s:
+                self.rate_limited += 1
+                return True
+            self._recent.append(now)
+            return False
 
     def tool_calls(self) -> dict[str, list[tuple[str, str]]]:
         """Per conversation: (tool name, JSON arguments) in the order the model asked."""
@@ -132,6 +153,11 @@ class ScriptedModel:
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return
+                if model.over_limit():
+                    self._send(429, {"error": {"message": "Rate limit reached",
+                                               "type": "requests", "code": "rate_limit"}},
+                               {"retry-after": "1"})
+                    return
                 try:
                     reply = model.respond(json.loads(body))
                 except Exception as exc:  # a policy bug shows up in the agent's error
@@ -139,9 +165,12 @@ class ScriptedModel:
                     return
                 self._send(200, reply)
 
-            def _send(self, code: int, payload: dict[str, Any]) -> None:
+            def _send(self, code: int, payload: dict[str, Any],
+                      headers: dict[str, str] | None = None) -> None:
                 data = json.dumps(payload).encode()
                 self.send_response(code)
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
                 self.end_headers()
