@@ -86,9 +86,9 @@ def test_acquire_returns_the_time_waited():
 def test_limits_are_validated_naming_the_setting():
     assert check_llm_limits({"rpm": "600"}) == {"rpm": 600.0}
     assert check_llm_limits(None) is None
-    with pytest.raises(ValueError, match="'rpm'.*greater than 0"):
+    with pytest.raises(ValueError, match=r"'rpm'.*greater than 0"):
         check_llm_limits({"rpm": 0})
-    with pytest.raises(ValueError, match="'rps'.*known: max_concurrent, rpm, tpm"):
+    with pytest.raises(ValueError, match=r"'rps'.*known: max_concurrent, rpm, tpm"):
         check_llm_limits({"rps": 5})
 
 
