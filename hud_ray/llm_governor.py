@@ -39,9 +39,11 @@ class LlmPolicy(BaseModel):
     max_concurrent: int | None = Field(None, ge=1, description="requests in flight at once")
     rpm: float | None = Field(None, gt=0, description="requests per minute")
     tpm: float | None = Field(None, gt=0, description="tokens (prompt + completion) per minute")
-    decrease_factor: float = Field(0.5, gt=0, lt=1, description="AIMD: rate x this on a 429")
+    # Gentler than TCP's halving: the configured rpm is usually the endpoint's documented
+    # limit, and pacing right at it meets an occasional 429 from timing jitter alone.
+    decrease_factor: float = Field(0.8, gt=0, lt=1, description="AIMD: rate x this on a 429")
     increase_per_s: float | None = Field(
-        None, ge=0, description="AIMD: requests/min added back per quiet second (rpm/30)")
+        None, ge=0, description="AIMD: requests/min added back per quiet second (rpm/10)")
     min_rpm: float = Field(1.0, gt=0, description="AIMD floor")
     default_retry_after_s: float = Field(1.0, ge=0, description="pause after a 429 without "
                                          "a Retry-After header")
@@ -88,7 +90,7 @@ class LlmGovernorImpl:
         if policy.rpm is None or self.rate_rpm is None or self.rate_rpm >= policy.rpm:
             self.last_change = now
             return
-        per_s = policy.increase_per_s if policy.increase_per_s is not None else policy.rpm / 30
+        per_s = policy.increase_per_s if policy.increase_per_s is not None else policy.rpm / 10
         self.rate_rpm = min(policy.rpm, self.rate_rpm + per_s * (now - self.last_change))
         self.last_change = now
 

@@ -40,8 +40,8 @@ def test_max_concurrent_waits_for_a_release():
     assert gov.wait_needed() == 0
 
 
-def test_a_429_halves_the_rate_and_honours_retry_after_then_recovers():
-    gov, clock = governor(rpm=600, increase_per_s=60)
+def test_a_429_cuts_the_rate_and_honours_retry_after_then_recovers():
+    gov, clock = governor(rpm=600, increase_per_s=60, decrease_factor=0.5)
     gov.admit()
     gov.release(status=429, retry_after_s=2.0)
     assert gov.rate_rpm == 300

@@ -52,7 +52,7 @@ def test_scheduler_prefers_rollouts_matching_a_workers_warm_kind(tmp_path):
     rows = [{"env": "ab"[i % 2], "id": "t", "args": {"i": i}} for i in range(12)]
     rollouts = expand(tasks_from(rows))
     config = SchedulerConfig(run_id="u", provider="sim", agent="nop", concurrency=4,
-                             warm_per_slot=1.0)
+                             warm_per_slot=1.0, probe_first=False)
     sink = ResultWriter(tmp_path / "u", config={})
     scheduler = Scheduler(config, rollouts, sink, get_provider("sim"))
     first = scheduler._take(2, WorkerSlot(0, None, 2, "w0"))  # no warm: plain order

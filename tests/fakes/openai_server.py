@@ -60,6 +60,7 @@ class ScriptedModel:
         self.limit_per_s = limit_per_s
         self.rate_limited = 0
         self._recent: deque[float] = deque()
+        self.answered_at: list[float] = []  # when each answered (not 429) request came in
         self.conversations: dict[str, list[dict[str, Any]]] = defaultdict(list)
         # per conversation: (prompt_tokens, completion_tokens, prompt ids, completion ids,
         # logprobs) of each response, as sent
@@ -109,6 +110,7 @@ class ScriptedModel:
         decision = self.policy(messages, tools)
         with self._lock:
             self.requests += 1
+            self.answered_at.append(time.monotonic())
             self.conversations[first_user].append(decision)
         message: dict[str, Any] = {"role": "assistant", "content": decision.get("content")}
         finish = "stop"
