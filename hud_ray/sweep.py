@@ -11,8 +11,12 @@ ONE run directory with a `variant` column, resumable like a run.
       - {name: rule-slow, spec: "examples/demo/agents.py:make_agent", params: {delay_s: 0.1}}
     providers: [{name: local, provider: local, options: {env_file: examples/demo/env.py}}]
     repeats: [1, 2]
+    llm_limits: {rpm: 600}             # optional: the agents' model endpoints, governed
+    prices: {my-model: {input: 0.2, output: 0.8}}   # optional: $/1M tokens for cost_usd
 
-Every combination is a variant named by the values that vary (`rule|r2`); its rollout keys
+An agent's `params` are its configuration: a `hud:` or `openai:` spec takes the same
+settings as `--agent-opt` (`model`, `base_url`, `api_key_env`, ...); any other spec names
+a factory called with them. Every combination is a variant named by the values that vary (`rule|r2`); its rollout keys
 carry `@variant`, so variants never collide and a resume skips exactly what was written.
 Variants that share a provider run together in one scheduler pass (one set of workers);
 providers run one after another.
@@ -76,6 +80,11 @@ class SweepConfig(BaseModel):
     workers: int | None = Field(None, ge=1)
     timeout_s: float = Field(600.0, gt=0)
     max_attempts: int = Field(3, ge=1)
+    llm_limits: dict[str, Any] | None = Field(
+        None, description="the agents' model endpoints under the LLM governor (rpm, tpm, "
+        "max_concurrent; see hud_ray/llm_governor.py)")
+    prices: dict[str, Any] | None = Field(None, description="$/1M tokens by model, for cost_usd")
+    keep_raw: bool = False
 
     @field_validator("repeats")
     @classmethod
@@ -156,8 +165,13 @@ def by_provider(variant_list: list[Variant]) -> dict[str, list[Variant]]:
     return groups
 
 
-def agents_for(variant_list: list[Variant]) -> dict[str, ConfiguredAgent]:
-    return {v.name: ConfiguredAgent(v.agent.spec, v.agent.params, label=v.agent.name)
+def agents_for(variant_list: list[Variant],
+               llm_limits: dict[str, Any] | None = None) -> dict[str, ConfiguredAgent]:
+    def params(spec: AgentSpec) -> dict[str, Any]:
+        governed = llm_limits and spec.spec.startswith(("hud:", "openai:"))
+        return {**spec.params, "llm_limits": llm_limits} if governed else spec.params
+
+    return {v.name: ConfiguredAgent(v.agent.spec, params(v.agent), label=v.agent.name)
             for v in variant_list}
 
 
@@ -176,11 +190,14 @@ def stream_sweep(path: str | Path, *, run_id: str | None = None, out: str | None
     from hud_ray import preflight
     from hud_ray.api import (
         FORWARDED_ENV,
+        agent_env_names,
         default_provider_options,
         ensure_ray,
         governor_settings,
         redacted,
     )
+    from hud_ray.llm_governor import check_llm_limits
+    from hud_ray.prices import check_prices
     from hud_ray.progress import Progress
     from hud_ray.results import ResultWriter, done_keys
     from hud_ray.scheduler import Scheduler, SchedulerConfig
@@ -188,6 +205,11 @@ def stream_sweep(path: str | Path, *, run_id: str | None = None, out: str | None
     from providers import get_provider
 
     config = load_sweep(path)
+    try:
+        llm_limits = check_llm_limits(config.llm_limits)
+        prices = check_prices(config.prices, where=f"{path}: prices")
+    except ValueError as exc:
+        raise SweepError(f"{path}: {exc}") from None
     grid = variants(config)
     run_dir = Path(out or config.out) / (run_id or config.name)
     groups = by_provider(grid)
@@ -200,12 +222,13 @@ def stream_sweep(path: str | Path, *, run_id: str | None = None, out: str | None
         for taskset in {v.taskset.path for v in group}:  # rows, slugs, what each task asks
             preflight.check_tasks(taskset, provider, timeout_s=config.timeout_s,
                                   teardown_timeout_s=60.0)
-        for agent in agents_for(group).values():
+        for agent in agents_for(group, llm_limits).values():
             agent.build()  # a bad agent spec or params fails here, not in every worker
         plans.append((label, group, options, provider))
     manifest = {"sweep": sweep_fingerprint(config), "tasks": str(path),
                 "variants": [v.name for v in grid],
                 "providers": {label: redacted(o) for label, _, o, _ in plans}}
+    key_vars = [name for v in grid for name in agent_env_names(v.agent.params)]
     writer = ResultWriter(run_dir, config=manifest, resume=resume)
     skip = done_keys(run_dir) if resume else set()
     rows = [count_rows(v.taskset.path) for v in grid]
@@ -217,11 +240,13 @@ def stream_sweep(path: str | Path, *, run_id: str | None = None, out: str | None
         for index, (_, group, options, provider) in enumerate(plans):
             sched = SchedulerConfig(
                 run_id=run_dir.name, provider=group[0].provider.provider,
-                provider_options=options, agent=agents_for(group),
+                provider_options=options, agent=agents_for(group, llm_limits),
                 concurrency=concurrency or config.concurrency, workers=workers or config.workers,
                 max_attempts=config.max_attempts, resume=resume or index > 0,
-                rollout={"deadline_s": config.timeout_s},
-                env_vars={k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
+                rollout={"deadline_s": config.timeout_s, "keep_raw": config.keep_raw,
+                         "prices": prices},
+                env_vars={k: os.environ[k] for k in (*FORWARDED_ENV, *key_vars)
+                          if k in os.environ},
                 governor=governor_settings(governor),
                 warm_per_slot=1.0 if provider.capabilities.warm_ahead else 0.0,
             )

@@ -138,6 +138,12 @@ class ConfiguredAgent:
 
     def build(self) -> Agent:
         if self._agent is None:
+            if self.spec.startswith(("hud:", "openai:")):  # configured, not called
+                from hud_ray.agents.config import configure_agent
+
+                self._agent = resolve_agent(configure_agent(self.spec, self.params)
+                                            if self.params else self.spec)
+                return self._agent
             target = resolve_agent(self.spec)
             self._agent = target(**self.params) if self.params else target
             if not callable(self._agent):
