@@ -10,11 +10,10 @@ import secrets
 import time
 from typing import Any
 
-from .. import gate
+from .. import gate, probe
 from ..base import Capabilities, Endpoint, Provider, SandboxHandle, SandboxSpec, shielded
 from ..errors import CreateError, NotReadyError
 from . import options as opts
-from . import probe
 from .options import ModalOptions
 from .sdk import Policy, check_credentials, load_sdk
 

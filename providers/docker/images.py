@@ -1,0 +1,63 @@
+"""Image references → tags on the local daemon, resolved once per process.
+
+`image` is a tag (`hudray-demo:t`, `python:3.11-slim`) or a directory holding
+`Dockerfile.hud` / `Dockerfile` (providers/imagedir.py). At plan time a directory is built
+(tag `hudray-local/<dir>:<content hash>`, so an unchanged directory is never rebuilt) and a
+tag the daemon lacks is pulled (option pull=missing) or refused (pull=never) — one clear
+error before any container exists. Workers only turn the reference into its tag.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from .. import imagedir
+from ..errors import ProviderConfigError
+from .daemon import Daemon
+
+log = logging.getLogger("providers.docker")
+
+_TAGS: dict[str, str] = {}  # image reference → tag (a directory's content hash is costly)
+_PRESENT: set[tuple[str, str]] = set()  # (docker_host, tag) known to be on the daemon
+_LOCK = threading.Lock()
+
+
+def tag_for(ref: str) -> str:
+    """The tag a reference runs as (a directory: its content-hash tag)."""
+    with _LOCK:
+        if ref not in _TAGS:
+            _TAGS[ref] = imagedir.default_tag(ref) if imagedir.is_image_dir(ref) else ref
+        return _TAGS[ref]
+
+
+def ensure(daemon: Daemon, ref: str, pull: str) -> str:
+    """Make `ref` runnable on the daemon (build a directory, pull a missing tag); its tag."""
+    tag = tag_for(ref)
+    key = (daemon.docker_host, tag)
+    if key in _PRESENT:
+        return tag
+    if not daemon.has_image(tag):
+        if imagedir.is_image_dir(ref):
+            log.info("docker: building %s from %s", tag, ref)
+            build(daemon, ref, tag, {}, lambda line: log.debug("build %s: %s", tag, line))
+        elif pull == "never":
+            raise ProviderConfigError(
+                f"provider 'docker': image {ref!r} is not on the daemon at {daemon.docker_host} "
+                "and pull=never (build it: hud-ray image build DIR --tag "
+                f"{ref}, or give --provider-opt image=DIR)")
+        elif (error := daemon.pull(ref)) is not None:
+            raise ProviderConfigError(
+                f"provider 'docker': image {ref!r} is not on the daemon at {daemon.docker_host} "
+                f"and pulling it failed: {error} (build it: hud-ray image build DIR --tag "
+                f"{ref}, or give --provider-opt image=DIR)")
+    _PRESENT.add(key)
+    return tag
+
+
+def build(daemon: Daemon, directory: str, tag: str, build_args: dict[str, str],
+          on_line: object) -> None:
+    dockerfile = imagedir.dockerfile(directory)
+    daemon.build(imagedir.context_tar(directory), tag, dockerfile.name, build_args,
+                 on_line)  # type: ignore[arg-type]
+    _PRESENT.add((daemon.docker_host, tag))
