@@ -11,8 +11,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import tempfile
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -78,16 +78,21 @@ def remove_all(labels: dict[str, str]) -> None:
 
 
 async def kill_first_attempt(session: Any) -> str:
-    """Kill this rollout's container (found by its rollout label, so run it with warm=0:
-    a warm container's label says `(warm)`) on its first attempt, once per rollout key;
-    later attempts answer like the rule agent."""
+    """SIGKILL this rollout's container on the rollout's first attempt, then answer like the
+    rule agent. The container is found by its rollout label (run with warm=0: a warm
+    container's label says `(warm)`); a mark per run and rollout in /tmp, made before the
+    kill, keeps later attempts alive (Ray workers see no test-set env vars)."""
     from hud_ray.agents import resolve_agent
-    from providers import LABEL_ROLLOUT
+    from providers import LABEL_ROLLOUT, LABEL_RUN
 
-    marks = Path(os.environ["HUDRAY_TEST_KILL_DIR"])
-    mark = marks / session.rollout_key.replace("/", "_").replace("#", "_")
-    if not mark.exists():
-        mark.write_text("killed")
-        for c in containers({LABEL_ROLLOUT: session.rollout_key}):
+    for c in containers({LABEL_ROLLOUT: session.rollout_key}):
+        if c.get("State") != "running":
+            continue
+        run_id = c["Labels"][LABEL_RUN]
+        marks = Path(tempfile.gettempdir()) / f"hudray-kill-marks-{run_id}"
+        marks.mkdir(exist_ok=True)
+        mark = marks / session.rollout_key.replace("/", "_").replace("#", "_")
+        if not mark.exists():
+            mark.write_text(c["Id"])
             daemon().request("POST", f"/containers/{c['Id']}/kill?signal=KILL")
     return await resolve_agent("rule")(session)
