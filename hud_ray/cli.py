@@ -207,7 +207,14 @@ def cmd_reap(args: argparse.Namespace) -> int:
                 raise
             print(f"{name}: skipped ({exc})", file=sys.stderr)
             continue
-        total += asyncio.run(_reap_one(provider, labels, min_age, args.dry_run))
+        try:
+            total += asyncio.run(_reap_one(provider, labels, min_age, args.dry_run))
+        except ProviderError as exc:
+            if args.provider:
+                raise
+            # Sweeping every provider: one with no credentials or no daemon here has
+            # nothing of ours to reap; say so and go on to the others.
+            print(f"{name}: skipped ({exc})", file=sys.stderr)
     print(f"{'would destroy' if args.dry_run else 'destroyed'} {total} sandbox(es)")
     return 0
 
