@@ -1,7 +1,8 @@
 """`python -m bench [--only B1,B2] [--quick]`: every benchmark against its baselines, in one
 run; prints the table and writes bench/out/results.json and results.md.
 
-B1 dispatch · B2 makespan · B3 density · B4 time to first row · B5 local vs hud.
+B1 dispatch · B2 makespan · B3 density · B4 time to first row · B5 local vs hud ·
+B6 docker provider ± warm-ahead vs local.
 `--quick` scales sizes down ≈ 10x (a smoke run, not a measurement).
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from .common import OUT, REPO, Bench
 
-ALL = ("B1", "B2", "B3", "B4", "B5")
+ALL = ("B1", "B2", "B3", "B4", "B5", "B6")
 
 
 def _prepare_env(out: Path) -> None:
@@ -37,10 +38,10 @@ def _prepare_env(out: Path) -> None:
 
 
 def _runners() -> dict[str, Callable[[Path, bool], Bench]]:
-    from . import b1_dispatch, b2_makespan, b3_density, b4_first_row, b5_local_vs_hud
+    from . import b1_dispatch, b2_makespan, b3_density, b4_first_row, b5_local_vs_hud, b6_docker
 
     return {"B1": b1_dispatch.run, "B2": b2_makespan.run, "B3": b3_density.run,
-            "B4": b4_first_row.run, "B5": b5_local_vs_hud.run}
+            "B4": b4_first_row.run, "B5": b5_local_vs_hud.run, "B6": b6_docker.run}
 
 
 def main(argv: list[str] | None = None) -> int:
