@@ -9,6 +9,7 @@ error before any container exists. Workers only turn the reference into its tag.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 
@@ -18,29 +19,32 @@ from .daemon import Daemon
 
 log = logging.getLogger("providers.docker")
 
-_TAGS: dict[str, str] = {}  # image reference → tag (a directory's content hash is costly)
+_TAGS: dict[tuple[str, str], str] = {}  # (reference, build args) → tag (hashing is costly)
 _PRESENT: set[tuple[str, str]] = set()  # (docker_host, tag) known to be on the daemon
 _LOCK = threading.Lock()
 
 
-def tag_for(ref: str) -> str:
+def tag_for(ref: str, build_args: dict[str, str] | None = None) -> str:
     """The tag a reference runs as (a directory: its content-hash tag)."""
+    key = (ref, json.dumps(build_args or {}, sort_keys=True))
     with _LOCK:
-        if ref not in _TAGS:
-            _TAGS[ref] = imagedir.default_tag(ref) if imagedir.is_image_dir(ref) else ref
-        return _TAGS[ref]
+        if key not in _TAGS:
+            _TAGS[key] = (imagedir.default_tag(ref, build_args) if imagedir.is_image_dir(ref)
+                          else ref)
+        return _TAGS[key]
 
 
-def ensure(daemon: Daemon, ref: str, pull: str) -> str:
+def ensure(daemon: Daemon, ref: str, pull: str, build_args: dict[str, str] | None = None) -> str:
     """Make `ref` runnable on the daemon (build a directory, pull a missing tag); its tag."""
-    tag = tag_for(ref)
+    tag = tag_for(ref, build_args)
     key = (daemon.docker_host, tag)
     if key in _PRESENT:
         return tag
     if not daemon.has_image(tag):
         if imagedir.is_image_dir(ref):
             log.info("docker: building %s from %s", tag, ref)
-            build(daemon, ref, tag, {}, lambda line: log.debug("build %s: %s", tag, line))
+            build(daemon, ref, tag, dict(build_args or {}),
+                  lambda line: log.debug("build %s: %s", tag, line))
         elif pull == "never":
             raise ProviderConfigError(
                 f"provider 'docker': image {ref!r} is not on the daemon at {daemon.docker_host} "

@@ -36,6 +36,8 @@ class DockerOptions(BaseModel):
     image: str | None = Field(None, description="image tag, or a directory holding "
                               "Dockerfile.hud / Dockerfile (built once at plan time); a task's "
                               "runtime_config.image wins")
+    build_args: dict[str, str] = Field(default_factory=dict, description="--build-arg values "
+                                       "when `image` is a directory (e.g. BASE_IMAGE)")
     command: str = Field(DEFAULT_COMMAND, description="env server argv in the container; "
                          "placeholders {host} {port} {env_name}")
     workdir: str | None = Field(None, description="working directory (default: the image's)")

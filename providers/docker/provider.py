@@ -18,7 +18,7 @@ import re
 import time
 from typing import Any
 
-from .. import imagedir, probe
+from .. import probe
 from ..base import Capabilities, Endpoint, Provider, SandboxHandle, SandboxSpec, shielded
 from ..errors import CreateError, NotReadyError, ProviderConfigError, UnsupportedSpecError
 from . import images, owners
@@ -64,7 +64,8 @@ class DockerProvider(Provider):
         if self._network == "host" and self.options.port and self.options.port < 1024:
             raise ProviderConfigError(f"provider 'docker': port={self.options.port} is privileged")
         if self.options.image:
-            images.ensure(self.daemon, self.options.image, self.options.pull)
+            images.ensure(self.daemon, self.options.image, self.options.pull,
+                          self.options.build_args)
 
     def check_spec(self, spec: SandboxSpec) -> None:
         super().check_spec(spec)
@@ -86,8 +87,10 @@ class DockerProvider(Provider):
                     f"provider 'docker': runtime_config.resources.gpu asked for, but the daemon "
                     f"at {self.options.docker_host} has no GPU runtime (runtimes: "
                     f"{', '.join(sorted(self._runtimes)) or 'none'})")
-        if spec.image and imagedir.is_image_dir(spec.image):
-            imagedir.dockerfile(spec.image)
+        if spec.image:
+            # A task's own image: built or pulled once per process (cached after), so a
+            # missing one stops the run at plan time instead of failing every rollout.
+            images.ensure(self.daemon, spec.image, self.options.pull, self.options.build_args)
 
     # --- lifecycle -----------------------------------------------------------------
     async def create(self, spec: SandboxSpec, labels: dict[str, str]) -> SandboxHandle:
@@ -95,7 +98,7 @@ class DockerProvider(Provider):
         ref = spec.image or self.options.image
         if not ref:
             self.check_spec(spec)  # raises the no-image error
-        tag = images.tag_for(str(ref))
+        tag = images.tag_for(str(ref), self.options.build_args)
         network = await self._network_mode()
         port = self.options.port if network == "host" else (self.options.port or BRIDGE_INNER_PORT)
         all_labels = {**self.options.labels, **labels, **owners.owner_labels()}

@@ -24,10 +24,12 @@ from providers import (
     SandboxSpec,
     UnsupportedSpecError,
     get_provider,
+    imagedir,
 )
 from providers.base import GpuSpec
 from providers.docker import owners
 from tests.fakes.docker_daemon import (
+    BASE_IMAGE,
     REPO,
     containers,
     demo_image,
@@ -241,3 +243,29 @@ def test_the_first_create_sweeps_containers_of_dead_owners(image, run_id):
 
     asyncio.run(main())
     wait_until(lambda: containers({LABEL_RUN: run_id}) == [], 10, "the orphan to be removed")
+
+
+def test_an_image_directory_is_built_once_at_plan_time_and_runs(run_id):
+    require_daemon()
+    demo = str(REPO / "examples" / "demo")
+    provider = get_provider("docker", image=demo, build_args={"BASE_IMAGE": BASE_IMAGE})
+    provider.check_config()  # builds hudray-local/demo:<content hash> unless already there
+    tag = imagedir.default_tag(demo, {"BASE_IMAGE": BASE_IMAGE})
+    assert tag.startswith("hudray-local/demo:") and require_daemon().has_image(tag)
+
+    async def main():
+        handle = await provider.create(_spec(), _labels(run_id))
+        endpoint = await provider.ready(handle, 30)
+        await provider.close()
+        return handle, endpoint
+
+    handle, endpoint = asyncio.run(main())
+    assert handle.data["image"] == tag and endpoint.url.startswith("tcp://127.0.0.1:")
+    assert containers({LABEL_RUN: run_id}) == []
+
+
+def test_a_task_image_missing_from_the_daemon_is_refused_at_plan_time():
+    require_daemon()
+    provider = get_provider("docker", pull="never")
+    with pytest.raises(ProviderConfigError, match="'hudray-missing:task' is not on the daemon"):
+        provider.check_spec(_spec(image="hudray-missing:task"))
