@@ -95,6 +95,10 @@ class DockerClient:
             stdout=True, stderr=True, **params)
         return "".join(chunks).splitlines()
 
+    async def wait(self, container_id: str) -> None:
+        """Until the container has stopped."""
+        await self.docker.containers.container(container_id).wait()
+
     async def port_line(self, container_id: str, pattern: Any) -> int | None:
         """Follow the container's output until a line matches `pattern` (group 1 = port);
         None when the output ends first (the container exited). One streaming request,

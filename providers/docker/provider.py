@@ -26,7 +26,7 @@ from .client import DockerClient, is_missing_image, is_name_conflict, load_aiodo
 from .daemon import Daemon
 from .options import BRIDGE_INNER_PORT, DockerOptions, container_config
 
-PORT_LINE = re.compile(r"HUD_SERVE_PORT=(\d+)")
+PORT_LINE = re.compile(r"HUD_SERVE_PORT=(\d+)[ \t]*\r?\n")  # whole lines only: chunks split
 CLASH = re.compile(r"address already in use|errno 98|port is already allocated", re.I)
 GPU_RUNTIMES = ("nvidia",)
 _DEAD_OWNERS_REAPED: set[str] = set()  # docker hosts swept by this process
@@ -163,6 +163,10 @@ class DockerProvider(Provider):
                 f"reading the output of container {handle.name}",
                 lambda: self.client.port_line(handle.sandbox_id, PORT_LINE), fail=NotReadyError)
             if found is None:
+                # The output ends as the process exits; dockerd may record the exit a moment
+                # later: wait for it, so the error carries the exit code.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.client.wait(handle.sandbox_id), 5.0)
                 await self._raise_if_exited(handle, "before it printed HUD_SERVE_PORT=<port>")
                 raise NotReadyError(f"container {handle.name}: output ended without a "
                                     "HUD_SERVE_PORT= line")
