@@ -93,7 +93,9 @@ def test_a_container_killed_mid_rollout_is_retried_in_a_new_one(ray_local, tmp_p
 def test_driver_sigkill_leaves_labelled_containers_and_reap_removes_them(tmp_path, run_id):
     image = demo_image()
     out = tmp_path / "runs"
-    env = {"HUD_RAY_STATE_DIR": str(tmp_path / "state")}
+    # A Ray of its own (RAY_ADDRESS=local), never the session's: the SIGKILL must take the
+    # workers and the governor's reaper down with the driver, or they clean up first.
+    env = {"HUD_RAY_STATE_DIR": str(tmp_path / "state"), "RAY_ADDRESS": "local"}
     driver = cli("run", str(DEMO_TASKS), "--agent", SLOW_AGENT, "--provider", "docker",
                  "--provider-opt", f"image={image}", "--concurrency", "8", "--out", str(out),
                  "--run-id", run_id, "--no-progress", env=env)
