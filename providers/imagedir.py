@@ -97,10 +97,25 @@ def stage(directory: str | Path) -> Path:
     return staged
 
 
+_DIGESTS: dict[tuple[str, str], str] = {}
+
+
 def digest(directory: str | Path, build_args: dict[str, str] | None = None) -> str:
-    """Content hash of the context and build args: names what the directory builds."""
+    """Content hash of the context and build args: names what the directory builds.
+    Rehashed only when a file's name, size or mtime changed (a rollout asks on every create)."""
+    files = context_files(directory)
+    stats = "\0".join(f"{name}:{src.stat().st_size}:{src.stat().st_mtime_ns}"
+                       for src, name in files)
+    args = "\0".join(f"{k}={v}" for k, v in sorted((build_args or {}).items()))
+    key = (str(Path(directory).expanduser().resolve()), args + "\1" + stats)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = _hash(files, build_args)
+    return _DIGESTS[key]
+
+
+def _hash(files: list[tuple[Path, str]], build_args: dict[str, str] | None) -> str:
     sha = hashlib.sha256()
-    for source, name in context_files(directory):
+    for source, name in files:
         sha.update(name.encode() + b"\0" + source.read_bytes() + b"\0")
     for key in sorted(build_args or {}):
         sha.update(f"{key}={(build_args or {})[key]}\0".encode())
