@@ -269,3 +269,20 @@ def test_a_task_image_missing_from_the_daemon_is_refused_at_plan_time():
     provider = get_provider("docker", pull="never")
     with pytest.raises(ProviderConfigError, match="'hudray-missing:task' is not on the daemon"):
         provider.check_spec(_spec(image="hudray-missing:task"))
+
+
+def test_destroy_finishes_even_when_its_caller_is_cancelled(image, run_id):
+    provider = get_provider("docker", image=image)
+
+    async def main():
+        handle = await provider.create(_spec(), _labels(run_id))
+        destroying = asyncio.ensure_future(provider.destroy(handle))
+        await asyncio.sleep(0)  # let the removal start, then cancel its caller
+        destroying.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await destroying  # re-raised only once the shielded removal has finished
+        left = containers({LABEL_RUN: run_id})
+        await provider.client.close()  # not provider.close(): it would remove leftovers itself
+        return left
+
+    assert asyncio.run(main()) == []
