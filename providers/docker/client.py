@@ -103,15 +103,22 @@ class DockerClient:
         """Follow the container's output until a line matches `pattern` (group 1 = port);
         None when the output ends first (the container exited). One streaming request,
         instead of polling the logs, keeps dockerd's CPU for starting containers."""
-        container = self.docker.containers.container(container_id)
+        from aiodocker.multiplexed import multiplexed_result_stream
+
         buffer = ""
-        stream = container.log(stdout=True, stderr=True, follow=True)
-        async with contextlib.aclosing(stream):
-            async for chunk in stream:
-                buffer += chunk
-                if match := pattern.search(buffer):
-                    return int(match.group(1))
-                buffer = buffer[-200:]  # a port line split across chunks still matches
+        # The logs endpoint directly, not container.log(): that inspects the container
+        # first to learn whether it has a TTY, and ours never do (one API call less each).
+        async with self.docker._query(
+                f"containers/{container_id}/logs", method="GET",
+                params={"stdout": "1", "stderr": "1", "follow": "1"},
+                timeout=None) as response:
+            stream = multiplexed_result_stream(response, is_tty=False)
+            async with contextlib.aclosing(stream):
+                async for chunk in stream:
+                    buffer += chunk
+                    if match := pattern.search(buffer):
+                        return int(match.group(1))
+                    buffer = buffer[-200:]  # a port line split across chunks still matches
         return None
 
     async def remove(self, container_id: str) -> bool:
