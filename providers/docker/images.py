@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 
 from .. import imagedir
 from ..errors import ProviderConfigError
@@ -60,8 +61,8 @@ def ensure(daemon: Daemon, ref: str, pull: str, build_args: dict[str, str] | Non
 
 
 def build(daemon: Daemon, directory: str, tag: str, build_args: dict[str, str],
-          on_line: object) -> None:
+          on_line: Callable[[str], None]) -> None:
+    """Build DIR's Dockerfile.hud (else Dockerfile) with its context staged with envkit."""
     dockerfile = imagedir.dockerfile(directory)
-    daemon.build(imagedir.context_tar(directory), tag, dockerfile.name, build_args,
-                 on_line)  # type: ignore[arg-type]
+    daemon.build(imagedir.context_tar(directory), tag, dockerfile.name, build_args, on_line)
     _PRESENT.add((daemon.docker_host, tag))
