@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev,notebook,modal,daytona,hud,openai]"
+	$(BIN)/pip install --quiet -e ".[dev,notebook,modal,daytona,docker,hud,openai]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -25,3 +25,13 @@ def count_tasks(n: int) -> list[dict[str, object]]:
     return [{"env": "benchcount", "id": "count",
              "args": {"text": "banana" * (1 + i % 3) + f"-{i}", "letter": "a"}}
             for i in range(n)]
+
+
+async def half_second(session: Session) -> str:
+    """B6's agent: 0.5 s of "thinking", then the rule agent's answer (demo env)."""
+    import asyncio
+
+    from hud_ray.agents.rule import rule_agent
+
+    await asyncio.sleep(0.5)
+    return await rule_agent(session)

@@ -1,4 +1,4 @@
-"""`hud-ray run | demo | report | reap` — the command line.
+"""`hud-ray run | demo | report | reap | image build` — the command line.
 
 `run` prints the run directory on its last line, so scripts can do
 `RUN=$(hud-ray run ... | tail -1)`. Every bad input ends in one line
@@ -133,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     reap.add_argument("--run-id", default=None)
     reap.add_argument("--older-than", default=None, metavar="DURATION")
     reap.add_argument("--dry-run", action="store_true")
+    image = sub.add_parser("image", help="env images on the local Docker daemon")
+    image_sub = image.add_subparsers(dest="image_command", required=True)
+    build = image_sub.add_parser("build", help="build DIR/Dockerfile.hud (else DIR/Dockerfile)")
+    build.add_argument("dir", help="directory holding Dockerfile.hud or Dockerfile")
+    build.add_argument("--tag", default=None,
+                       help="image tag (default: hudray-local/<dir>:<content hash>)")
+    build.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE")
     return parser
 
 
@@ -244,7 +251,14 @@ def cmd_reap(args: argparse.Namespace) -> int:
                 raise
             print(f"{name}: skipped ({exc})", file=sys.stderr)
             continue
-        total += asyncio.run(_reap_one(provider, labels, min_age, args.dry_run))
+        try:
+            total += asyncio.run(_reap_one(provider, labels, min_age, args.dry_run))
+        except ProviderError as exc:
+            if args.provider:
+                raise
+            # Sweeping every provider: one with no credentials or no daemon here has
+            # nothing of ours to reap; say so and go on to the others.
+            print(f"{name}: skipped ({exc})", file=sys.stderr)
     print(f"{'would destroy' if args.dry_run else 'destroyed'} {total} sandbox(es)")
     return 0
 
@@ -263,6 +277,14 @@ async def _reap_one(provider: Any, labels: dict[str, str], min_age: float, dry: 
         await provider.close()
 
 
+def cmd_image_build(args: argparse.Namespace) -> int:
+    from hud_ray.image import build_image
+
+    build_args = {k: str(v) for k, v in parse_options(args.build_arg, "--build-arg").items()}
+    print(build_image(args.dir, args.tag, build_args))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -279,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "reap":
             return cmd_reap(args)
+        if args.command == "image":
+            return cmd_image_build(args)
     except KeyboardInterrupt:
         print("hud-ray: interrupted; in-flight sandboxes were torn down", file=sys.stderr)
         return 130

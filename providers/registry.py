@@ -18,7 +18,7 @@ BUILTIN: dict[str, tuple[str, str, str | None]] = {
     "local": ("providers.local", "LocalProvider", None),
     "attach": ("providers.attach", "AttachProvider", None),
     "sim": ("providers.sim", "SimProvider", None),
-    "docker": ("providers.docker", "DockerProvider", None),
+    "docker": ("providers.docker", "DockerProvider", "docker"),
     "modal": ("providers.modal", "ModalProvider", "modal"),
     "daytona": ("providers.daytona", "DaytonaProvider", "daytona"),
 }

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from .. import imagedir
 from ..base import SandboxSpec
 
 DEFAULT_PORT = 8765
@@ -78,7 +79,8 @@ class DaytonaOptions(BaseModel):
         "snapshot's name (`<snapshot>-<recipe hash>`)",
     )
     image: str | None = Field(
-        None, description="registry image to build a snapshot from (a task's runtime_config.image wins)"
+        None, description="registry image, or a directory with Dockerfile.hud / Dockerfile, to "
+        "build a snapshot from (a task's runtime_config.image wins)"
     )
     entrypoint: list[str] = Field(default_factory=lambda: list(DEFAULT_ENTRYPOINT))
     resources: DaytonaResources | None = None
@@ -172,11 +174,13 @@ class Recipe(BaseModel):
     """What a built snapshot is made of; its hash names the snapshot, so a changed recipe
     builds a new one and never reuses a stale one."""
 
-    image: str
+    image: str  # a registry image, or `dir:<content hash>` for an image directory
     entrypoint: list[str]
     cpu: int | None = None
     memory_gib: int | None = None
     disk_gib: int | None = None
+    # Where an image directory lies here (not hashed: the content hash names it).
+    context_dir: str | None = Field(None, exclude=True)
 
     @property
     def digest(self) -> str:
@@ -210,8 +214,13 @@ def recipe_for(options: DaytonaOptions, spec: SandboxSpec) -> Recipe | None:
             memory_gib = max(1, math.ceil(wanted.memory_mb / 1024))
         if wanted.storage_mb is not None:
             disk_gib = max(1, math.ceil(wanted.storage_mb / 1024))
+    context_dir = None
+    if imagedir.is_image_dir(image):
+        # One image definition: DIR's Dockerfile.hud / Dockerfile, content-hashed.
+        context_dir, image = image, f"dir:{imagedir.digest(image)[:32]}"
     return Recipe(
         image=image,
+        context_dir=context_dir,
         entrypoint=list(options.entrypoint),
         cpu=cpu,
         memory_gib=memory_gib,

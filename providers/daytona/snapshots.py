@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .. import imagedir
 from ..base import SandboxSpec
 from ..errors import ProviderConfigError, SandboxError
 from .options import DaytonaOptions, Recipe, recipe_for
@@ -109,15 +111,20 @@ async def _build(
     client: Any, options: DaytonaOptions, name: str, recipe: Recipe, call: Call
 ) -> bool:
     """Build the snapshot; False when another builder got there first (409)."""
-    from daytona import CreateSnapshotParams
+    from daytona import CreateSnapshotParams, Image
 
+    staged = imagedir.stage(recipe.context_dir) if recipe.context_dir else None
+    source = recipe.context_dir or recipe.image
+    # An image directory: the SDK reads its Dockerfile and uploads what it COPYs (the
+    # directory staged with `.hud-ray/`, as `hud-ray image build` sends the local daemon).
+    image = Image.from_dockerfile(imagedir.dockerfile(staged)) if staged else recipe.image
     params = CreateSnapshotParams(
         name=name,
-        image=recipe.image,
+        image=image,
         resources=recipe.sdk_resources(),
         entrypoint=recipe.entrypoint,
     )
-    log.info("daytona: building snapshot %s from %s", name, recipe.image)
+    log.info("daytona: building snapshot %s from %s", name, source)
     try:
         await call(
             f"build snapshot {name!r}",
@@ -133,8 +140,11 @@ async def _build(
             return False
         if kind is Kind.FAILED:
             raise ProviderConfigError(
-                f"provider 'daytona': snapshot {name!r} from image {recipe.image!r} failed to "
+                f"provider 'daytona': snapshot {name!r} from image {source!r} failed to "
                 f"build (option image / runtime_config.image): {describe(exc)}"
             ) from None
         raise
+    finally:
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
     return True

@@ -10,7 +10,7 @@ the per-sandbox secret. `ready()` returns `tcp://host:port` of the tunnel plus t
 frame as `Endpoint.preamble`, after a wire `hello` answered through the gate.
 
 Package layout: options.py (options, spec → SDK arguments), sdk.py (SDK seam, error
-policy), probe.py (stdlib hello probe), provider.py (lifecycle). Inside it, `import modal`
+policy), provider.py (lifecycle). Inside it, `import modal`
 is absolute and always means the SDK.
 """
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .. import gate
+from .. import gate, imagedir
 from ..base import SandboxSpec
 from ..errors import ProviderConfigError, UnsupportedSpecError
 
@@ -36,7 +36,8 @@ class ModalOptions(BaseModel):
     app_name: str = Field("hud-ray", description="Modal app the sandboxes belong to")
     environment: str | None = Field(None, description="Modal environment (else MODAL_ENVIRONMENT)")
     image: str | None = Field(None, description="image when the task names none: a registry tag, "
-                              "'modal:NAME[:TAG]', an image id 'im-…' or 'py:pkg.mod:attr'")
+                              "'modal:NAME[:TAG]', an image id 'im-…', 'py:pkg.mod:attr' or a "
+                              "directory with Dockerfile.hud / Dockerfile")
     image_secret: str | None = Field(None, description="Modal secret with registry credentials")
     command: str = Field(DEFAULT_COMMAND, description="env server argv inside the sandbox; "
                          "{port} is filled by the gate, {env_name} from the task")
@@ -151,7 +152,10 @@ def resources(spec: SandboxSpec) -> dict[str, Any]:
 
 
 def image_kind(ref: str) -> tuple[str, str]:
-    """('registry'|'name'|'id'|'definition', value) for an image reference."""
+    """('dir'|'registry'|'name'|'id'|'definition', value) for an image reference; 'dir' is a
+    directory holding Dockerfile.hud / Dockerfile (providers/imagedir.py)."""
+    if imagedir.is_image_dir(ref):
+        return "dir", ref
     if ref.startswith("modal:"):
         return "name", ref[len("modal:"):]
     if ref.startswith("py:"):

@@ -7,14 +7,14 @@ import contextlib
 import hashlib
 import os
 import secrets
+import shutil
 import time
 from typing import Any
 
-from .. import gate
+from .. import gate, imagedir, probe
 from ..base import Capabilities, Endpoint, Provider, SandboxHandle, SandboxSpec, shielded
 from ..errors import CreateError, NotReadyError
 from . import options as opts
-from . import probe
 from .options import ModalOptions
 from .sdk import Policy, check_credentials, load_sdk
 
@@ -93,6 +93,8 @@ class ModalProvider(Provider):
             return value
         if kind == "name":
             image = sdk.Image.from_name(value, environment_name=o.environment)
+        elif kind == "dir":
+            return await self._build_from_dir(value)
         elif kind == "definition":
             image = load_sdk(value)  # same import-path rules as the sdk option
             image = image() if callable(image) else image
@@ -106,6 +108,22 @@ class ModalProvider(Provider):
             hint=f"fix the image {ref!r} (runtime_config.image or option image)"
                  + (f" or the registry secret {o.image_secret!r}" if o.image_secret else ""),
         )
+        return image.object_id
+
+    async def _build_from_dir(self, directory: str) -> str:
+        """`Image.from_dockerfile` on the directory's context staged with `.hud-ray/`
+        (the same context `hud-ray image build` sends the local daemon)."""
+        staged = imagedir.stage(directory)
+        try:
+            dockerfile = imagedir.dockerfile(staged)
+            image = self.sdk.Image.from_dockerfile(str(dockerfile), context_dir=str(staged))
+            app = await self.app()
+            await self.policy.call(
+                f"building image from {dockerfile.name} in {directory!r}",
+                lambda: image.build.aio(app),
+                hint=f"fix {directory}/{dockerfile.name} (option image / runtime_config.image)")
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
         return image.object_id
 
     # --- plan time -----------------------------------------------------------------

@@ -272,6 +272,12 @@ class FakeDaytona:
                 items = [s.list_item(self.url) for s in self.sandboxes.values()
                          if all(s.labels.get(k) == v for k, v in wanted.items())]
             return 200, api.ListSandboxesResponse(items=items, next_cursor=None), {}
+        if path == "/object-storage/push-access" and method == "GET":
+            # Where the SDK uploads a build context (an image directory's COPY sources).
+            return 200, api.StorageAccessDto(
+                access_key="fake", secret="fake", session_token="fake",
+                storage_url="https://objects.invalid", organization_id="org-fake",
+                bucket="builds", region="us-east-1"), {}
         if path == "/snapshots" and method == "POST":
             request = api.CreateSnapshot.from_dict(data)
             assert request is not None

@@ -56,6 +56,7 @@ REAL = {
     "Image.from_registry": modal.Image.from_registry,
     "Image.from_name": modal.Image.from_name,
     "Image.from_id": modal.Image.from_id,
+    "Image.from_dockerfile": modal.Image.from_dockerfile,
     "Image.build": modal.Image.build,
     "Secret.from_dict": modal.Secret.from_dict,
     "Secret.from_name": modal.Secret.from_name,
@@ -126,13 +127,15 @@ async def _lookup(name: str, *, client: Any = None, environment_name: str | None
 class _Image:
     def __init__(self, kind: str, ref: str, object_id: str | None = None) -> None:
         self.kind, self.ref, self.object_id = kind, ref, object_id
+        self.extra: dict[str, Any] = {}
         self.build = _Fn("Image.build", self._build)
 
     async def _build(self, app: Any = None) -> _Image:
         st.raise_fault("build")
         digest = hashlib.sha1(f"{self.kind}:{self.ref}".encode()).hexdigest()[:20]
         self.object_id = f"im-{digest}"
-        st.write_json(st.path("images", f"{self.object_id}.json"), {"kind": self.kind, "ref": self.ref})
+        st.write_json(st.path("images", f"{self.object_id}.json"),
+                      {"kind": self.kind, "ref": self.ref, **self.extra})
         return self
 
 
@@ -149,11 +152,21 @@ def _image_ns() -> SimpleNamespace:
         _check("Image.from_id", False, (image_id,), kwargs)
         return _Image("id", image_id, object_id=image_id)
 
+    def from_dockerfile(path: str, **kwargs: Any) -> _Image:
+        """Records what the SDK was given: the Dockerfile's text and the context's files
+        (read now: the provider removes its staged context after the build)."""
+        _check("Image.from_dockerfile", False, (path,), kwargs)
+        context = Path(kwargs.get("context_dir") or Path(path).parent)
+        files = sorted(p.relative_to(context).as_posix() for p in context.rglob("*") if p.is_file())
+        image = _Image("dockerfile", Path(path).read_text())
+        image.extra = {"dockerfile": Path(path).name, "context_files": files}
+        return image
+
     def debian_slim(python_version: str | None = None) -> _Image:
         return _Image("definition", f"debian_slim:{python_version}")
 
     return SimpleNamespace(from_registry=from_registry, from_name=from_name, from_id=from_id,
-                           debian_slim=debian_slim)
+                           from_dockerfile=from_dockerfile, debian_slim=debian_slim)
 
 
 def _secret_ns() -> SimpleNamespace:

@@ -184,6 +184,53 @@ def test_snapshot_built_once_for_concurrent_creates_and_rebuilt_on_new_recipe(
     assert fake.live() == []
 
 
+def test_image_dir_builds_one_snapshot_from_its_dockerfile_and_context(
+    fake: FakeDaytona, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """`image=DIR` (one image definition): the SDK gets DIR's Dockerfile.hud and uploads what
+    it COPYs — the env and `.hud-ray/` (envkit). Daytona's object storage speaks https
+    only, which a loopback fake cannot serve: the SDK's upload writes to a local bucket
+    here; every other call is the real SDK against the fake API."""
+    import tarfile
+
+    from daytona._async.object_storage import AsyncObjectStorage
+
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+
+    async def upload(self, path: str, organization_id: str, archive_base_path=None) -> str:
+        digest = await self._compute_hash_for_path_md5(path, archive_base_path)
+        with tarfile.open(bucket / f"{digest}.tar", "w") as tar:
+            tar.add(path, arcname=archive_base_path or Path(path).name)
+        return digest
+
+    monkeypatch.setattr(AsyncObjectStorage, "upload", upload)
+    demo = REPO / "examples" / "demo"
+    options = provider_options(fake, snapshot="demo", image=str(demo))
+
+    async def main():
+        provider = DaytonaProvider(**options)
+        handles = await asyncio.gather(*(provider.create(SandboxSpec(name=f"d-{i}"), {})
+                                         for i in range(3)))
+        await asyncio.gather(*(provider.destroy(h) for h in handles))
+        await provider.close()
+        return handles
+
+    handles = run(main())
+    [body] = fake.snapshot_bodies  # three concurrent creates, one build
+    assert {h.data["snapshot"] for h in handles} == {body["name"]}
+    build = body["buildInfo"]
+    dockerfile = (demo / "Dockerfile.hud").read_text()
+    assert build["dockerfileContent"].startswith(dockerfile.rstrip())
+    assert len(build["contextHashes"]) == 2  # COPY .hud-ray/ and COPY env.py
+    uploaded = set()
+    for tar_path in bucket.glob("*.tar"):
+        with tarfile.open(tar_path) as tar:
+            uploaded |= {m.name.split(".hud-ray/", 1)[-1] for m in tar.getmembers() if m.isfile()}
+    assert {"hud_ray/__init__.py", "hud_ray/envkit/server.py", "env.py"} <= uploaded, uploaded
+    assert fake.live() == []
+
+
 def test_named_snapshot_used_as_is_and_a_missing_one_is_a_config_error(fake: FakeDaytona) -> None:
     fake.add_snapshot("mine")
 

@@ -229,6 +229,33 @@ def test_image_resolved_once_then_by_id(ref, constructor):
     assert modal_fake.live_sandboxes() == []
 
 
+def test_image_dir_is_built_from_its_dockerfile_once_with_envkit_in_the_context():
+    """`image=DIR` (the one image definition): the SDK receives DIR's Dockerfile.hud and a
+    context holding the env and `.hud-ray/` (envkit), built once for every rollout."""
+    from tests.fakes import modal_fake_state
+
+    p = provider(image=str(REPO / "examples" / "demo"))
+    rollout = demo_rollouts()["arith"]
+
+    async def main():
+        row = await run_rollout(rollout, resolve_agent("rule"), p, RolloutConfig())
+        handles = await asyncio.gather(*(p.create(SandboxSpec(name=f"hudray-dir{i}"), {})
+                                         for i in range(3)))
+        await asyncio.gather(*(p.destroy(h) for h in handles))
+        return row, {rec["image_id"] for rec in modal_fake.all_sandboxes()}
+
+    row, image_ids = run(main())
+    assert row.status is Status.OK and row.reward == 1.0
+    assert len(calls("Image.from_dockerfile")) == 1 and len(calls("Image.build")) == 1
+    [image_id] = image_ids
+    built = json.loads(modal_fake_state.path("images", f"{image_id}.json").read_text())
+    assert built["kind"] == "dockerfile" and built["dockerfile"] == "Dockerfile.hud"
+    assert built["ref"] == (REPO / "examples" / "demo" / "Dockerfile.hud").read_text()
+    assert {"env.py", ".hud-ray/hud_ray/__init__.py",
+            ".hud-ray/hud_ray/envkit/server.py"} <= set(built["context_files"])
+    assert modal_fake.live_sandboxes() == []
+
+
 # --- destroy, list, reap -------------------------------------------------------------------
 def test_destroy_is_idempotent_and_survives_cancellation():
     p = provider()

@@ -46,7 +46,8 @@ async def _exercise_every_path() -> None:
     assert await p.list({"hud-ray-run": "drift"})
     await _provider(image=None).reap({"hud-ray-run": "drift"})  # from_id + terminate
     await p.destroy(handle)
-    for image in ("modal:published-env", "py:tests.fakes.modal_fake:demo_image"):
+    for image in ("modal:published-env", "py:tests.fakes.modal_fake:demo_image",
+                  str(REPO / "examples" / "demo")):
         q = _provider(image=image)
         await q.destroy(await q.create(SandboxSpec(name="hudray-drift-img"), {}))
     # An orphan holding the name: from_name + terminate(wait=True) + create again.

@@ -1,8 +1,9 @@
-"""Readiness = a wire `hello` answered through the gate (stdlib; providers never import hud_ray).
+"""Readiness = a wire `hello` answered (stdlib; providers never import hud_ray).
 
-An open tunnel port proves little: the gate accepts before the env server serves, and
-Modal's relay accepts before the sandbox is scheduled. Only a `hello` reply with a
-session id shows that the secret, the gate and the env server all work.
+An open port proves little: Modal's gate accepts before the env server serves, its relay
+before the sandbox is scheduled, and on a host network the port may even belong to someone
+else. Only a `hello` reply with a session id shows that the env server works (used by the
+modal and docker providers; `preamble` is the Modal gate's secret frame, b"" elsewhere).
 """
 
 from __future__ import annotations
