@@ -65,17 +65,23 @@ def model_opts(model: ScriptedModel) -> list[str]:
             "--agent-opt", f"api_key_env={KEY_VAR}"]
 
 
-def test_mcp_tools_verifier_and_tasks_py_match_hud_taskset_run(tmp_path):
-    tasks = HUD_ENVS / "tools" / "tasks.py"
+def side_by_side(env_dir: Path, tmp: Path):
+    """The env's tasks.py with hud's OpenAIChatAgent, through hud's Taskset.run and then
+    `hud-ray run`, against one scripted model: (hud's rows, ours, hud's calls, ours)."""
+    tasks = env_dir / "tasks.py"
     with ScriptedModel(policy) as model:
-        theirs = hud_taskset_run(tasks, HUD_ENVS / "tools" / "env.py",
+        theirs = hud_taskset_run(tasks, env_dir / "env.py",
                                  {"spec": OPENAI_CHAT, "config": {
                                      "model": "scripted-1", "base_url": model.base_url,
-                                     "api_key": "sk-scripted-not-a-secret"}}, tmp_path)
+                                     "api_key": "sk-scripted-not-a-secret"}}, tmp)
         their_calls = model.tool_calls()
         model.conversations.clear()
-        rows = hud_ray_run(tasks, f"hud:{OPENAI_CHAT}", tmp_path, *model_opts(model))
-        our_calls = model.tool_calls()
+        rows = hud_ray_run(tasks, f"hud:{OPENAI_CHAT}", tmp, *model_opts(model))
+        return theirs, rows, their_calls, model.tool_calls()
+
+
+def test_mcp_tools_verifier_and_tasks_py_match_hud_taskset_run(tmp_path):
+    theirs, rows, their_calls, our_calls = side_by_side(HUD_ENVS / "tools", tmp_path)
     ours = {row["slug"]: row for row in rows}
     assert set(ours) == set(theirs) and len(ours) == 6
     for slug, row in ours.items():
@@ -108,16 +114,7 @@ def test_raw_capability_through_tunnel_with_a_hud_agent_matches_hud(tmp_path):
 
 
 def test_ssh_workspace_with_the_bash_tool_matches_hud(tmp_path):
-    tasks = HUD_ENVS / "workspace" / "tasks.py"
-    with ScriptedModel(policy) as model:
-        theirs = hud_taskset_run(tasks, HUD_ENVS / "workspace" / "env.py",
-                                 {"spec": OPENAI_CHAT, "config": {
-                                     "model": "scripted-1", "base_url": model.base_url,
-                                     "api_key": "x"}}, tmp_path)
-        their_calls = model.tool_calls()
-        model.conversations.clear()
-        rows = hud_ray_run(tasks, f"hud:{OPENAI_CHAT}", tmp_path, *model_opts(model))
-        our_calls = model.tool_calls()
+    theirs, rows, their_calls, our_calls = side_by_side(HUD_ENVS / "workspace", tmp_path)
     assert {r["slug"]: r["reward"] for r in rows} == {s: v["reward"] for s, v in theirs.items()}
     assert all(r["status"] == "ok" and r["reward"] == 1.0 for r in rows), rows
     assert our_calls == their_calls and all(c[0][0] == "bash" for c in our_calls.values())
