@@ -201,6 +201,7 @@ class RolloutRunner:
         actor_grade = await self._timed("grade", self._grade_best_effort())
         await self._timed("grade", self._verify(actor_grade))
         if self._agent_failure is not None:
+            self.phase = "agent"  # where it failed (a timeout row names its phase)
             raise self._agent_failure
 
     async def _timed(self, phase: str, awaitable: Any) -> Any:

@@ -281,3 +281,57 @@ def test_cancelled_while_waiting_for_readiness_destroys_the_sandbox(tmp_path):
     asyncio.run(main())
     wait_gone(provider.pids)
     assert not list((tmp_path / "ledger").glob("*.json"))
+
+
+# --- verifier rows (hud's Task.verifier), graded as hud's rollout() grades them ---------------
+
+VERIFIED = ENVS / "verified.py"
+
+
+def _verified(agent, tmp_path, **row):
+    provider = RecordingLocal(env_file=str(VERIFIED), state_dir=str(tmp_path / "ledger"))
+    task = Task.model_validate({"env": "verified", "id": "echo", "args": {"word": "hi"},
+                                "verifier": {"env": "verified", "id": "half",
+                                             "args": {"weight": 0.5}}, **row})
+    return one(Rollout(task=task), agent, provider, deadline_s=30)
+
+
+def test_verifier_grade_is_the_reward_and_the_actor_grade_is_a_step(tmp_path):
+    async def right(session):
+        return "hi"
+
+    row = _verified(right, tmp_path)
+    assert row.status is Status.OK and row.reward == 0.5, row.error_message
+    assert [s["grade"]["score"] for s in row.steps if s["kind"] == "actor_grade"] == [1.0]
+    assert row.grade["score"] == 0.5
+
+
+def test_agent_error_on_a_verifier_row_is_still_graded_like_hud(tmp_path):
+    async def raises(session):
+        raise RuntimeError("model endpoint down")
+
+    row = _verified(raises, tmp_path)
+    assert row.status is Status.AGENT_ERROR and "model endpoint down" in row.error_message
+    assert row.reward == 0.0  # the actor graded the missing answer 0; the verifier: half of 0
+
+
+def test_agent_timeout_on_a_verifier_row_is_graded_and_names_the_agent_phase(tmp_path):
+    async def hangs(session):
+        await asyncio.sleep(60)
+
+    row = _verified(hangs, tmp_path, agent_config={"timeout_seconds": 0.5})
+    assert row.status is Status.TIMEOUT and row.timeout_phase == "agent", row
+    assert row.reward == 0.0
+
+
+def test_a_verifier_the_env_lacks_is_env_error_naming_it(tmp_path):
+    provider = RecordingLocal(env_file=str(VERIFIED), state_dir=str(tmp_path / "ledger"))
+    task = Task.model_validate({"env": "verified", "id": "echo", "args": {"word": "hi"},
+                                "verifier": {"id": "nope"}})
+
+    async def right(session):
+        return "hi"
+
+    row = one(Rollout(task=task), right, provider, deadline_s=30)
+    assert row.status is Status.ENV_ERROR and "verifier 'nope'" in row.error_message, row
+    assert row.reward is None
