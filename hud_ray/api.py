@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from hud_ray.agents import agent_name, resolve_agent
 from hud_ray.progress import Progress
+from hud_ray.redact import install_log_scrubber, redacted, run_scrubber
 from hud_ray.results import ResultWriter, done_keys, read_manifest, read_results
 from hud_ray.tasks import Task, count_rows, expand, tasks_from
 from providers import get_provider
@@ -143,8 +144,11 @@ def plan_run(
     }
     from hud_ray.scheduler import Scheduler, SchedulerConfig  # imports Ray: after the checks
 
+    env_vars = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    scrubber = run_scrubber(provider_options, env_vars)
+    install_log_scrubber(scrubber)
     writer = ResultWriter(run_dir, config=config, resume=resume,
-                          flush_rows=flush_rows, flush_s=flush_s)
+                          flush_rows=flush_rows, flush_s=flush_s, scrubber=scrubber)
     skip = done_keys(run_dir) if resume else set()
     rows = count_rows(tasks) if isinstance(tasks, str | Path) else None
     total = rows * repeats if rows is not None else None
@@ -156,8 +160,7 @@ def plan_run(
         retry_backoff_s=retry_backoff_s, deadline_grace_s=deadline_grace_s,
         rollout={"deadline_s": timeout_s, "ready_timeout_s": min(ready_timeout_s, timeout_s),
                  "teardown_timeout_s": teardown_timeout_s},
-        env_vars={k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
-        governor=governor_settings(governor), resume=resume,
+        env_vars=env_vars, governor=governor_settings(governor), resume=resume,
         warm_per_slot=(warm if warm is not None
                        else (1.0 if driver_provider.capabilities.warm_ahead else 0.0)),
     )
@@ -228,10 +231,3 @@ def governor_settings(governor: dict[str, Any] | bool | None) -> dict[str, Any] 
         return None
     return dict(governor)
 
-
-SECRET_WORDS = ("key", "token", "secret", "password")
-
-
-def redacted(options: dict[str, Any]) -> dict[str, Any]:
-    return {k: ("***" if any(w in k.lower() for w in SECRET_WORDS) else v)
-            for k, v in options.items()}

@@ -219,6 +219,17 @@ async def _reap_one(provider: Any, labels: dict[str, str], min_age: float, dry: 
         await provider.close()
 
 
+def _scrubbed(args: argparse.Namespace, exc: BaseException) -> str:
+    """The error's text without the secret values given on this command line."""
+    from hud_ray.redact import run_scrubber
+
+    try:
+        options = parse_options(getattr(args, "provider_opt", []) or [])
+    except ValueError:
+        options = {}
+    return run_scrubber(options, {}).text(str(exc))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -240,13 +251,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (TaskFileError, ProviderError, RunDirError, AgentSpecError, SweepError, ValueError,
             FileNotFoundError) as exc:
-        print(f"hud-ray: error: {exc}", file=sys.stderr)
+        print(f"hud-ray: error: {_scrubbed(args, exc)}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
         from hud_ray.scheduler import RunAborted
 
         if isinstance(exc, RunAborted):
-            print(f"hud-ray: run stopped: {exc} (rows written so far are kept)", file=sys.stderr)
+            print(f"hud-ray: run stopped: {_scrubbed(args, exc)} (rows written so far are kept)",
+                  file=sys.stderr)
             return 1
         raise
     return 2

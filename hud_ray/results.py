@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hud_ray.redact import Scrubber
 from hud_ray.schema import arrow_schema, utcnow
 
 PARTS_DIR = "rollouts"
@@ -88,8 +89,11 @@ class ResultWriter:
         resume: bool = False,
         flush_rows: int = 500,
         flush_s: float = 2.0,
+        scrubber: Scrubber | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
+        # Secret values of this run, removed from every row and the manifest before disk.
+        self.scrubber = scrubber or Scrubber()
         self.flush_rows = flush_rows
         self.flush_s = flush_s
         self.schema = arrow_schema()
@@ -142,7 +146,7 @@ class ResultWriter:
     # --- rows --------------------------------------------------------------------------
     def add(self, row: dict[str, Any]) -> pa.RecordBatch | None:
         """Buffer one row; returns the batch written if this triggered a flush."""
-        self._buffer.append(row)
+        self._buffer.append(self.scrubber.row(row) if self.scrubber else row)
         self.counts[row["status"]] += 1
         if len(self._buffer) >= self.flush_rows:
             return self.flush()
@@ -183,7 +187,8 @@ class ResultWriter:
     def write_manifest(self) -> None:
         self.manifest["counts"] = dict(self.counts)
         self.manifest["updated_at"] = utcnow().isoformat()
-        _atomic_write_text(self.run_dir / MANIFEST, json.dumps(self.manifest, indent=2, default=str))
+        manifest = self.scrubber.value(self.manifest) if self.scrubber else self.manifest
+        _atomic_write_text(self.run_dir / MANIFEST, json.dumps(manifest, indent=2, default=str))
 
     def close(self, state: str = "finished", **extra: Any) -> None:
         self.flush()

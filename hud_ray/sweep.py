@@ -179,9 +179,9 @@ def stream_sweep(path: str | Path, *, run_id: str | None = None, out: str | None
         default_provider_options,
         ensure_ray,
         governor_settings,
-        redacted,
     )
     from hud_ray.progress import Progress
+    from hud_ray.redact import install_log_scrubber, redacted, run_scrubber
     from hud_ray.results import ResultWriter, done_keys
     from hud_ray.scheduler import Scheduler, SchedulerConfig
     from hud_ray.tasks import count_rows
@@ -206,7 +206,10 @@ def stream_sweep(path: str | Path, *, run_id: str | None = None, out: str | None
     manifest = {"sweep": sweep_fingerprint(config), "tasks": str(path),
                 "variants": [v.name for v in grid],
                 "providers": {label: redacted(o) for label, _, o, _ in plans}}
-    writer = ResultWriter(run_dir, config=manifest, resume=resume)
+    env_vars = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    scrubber = run_scrubber({label: o for label, _, o, _ in plans}, env_vars)
+    install_log_scrubber(scrubber)
+    writer = ResultWriter(run_dir, config=manifest, resume=resume, scrubber=scrubber)
     skip = done_keys(run_dir) if resume else set()
     rows = [count_rows(v.taskset.path) for v in grid]
     total = sum(r * v.repeats for r, v in zip(rows, grid, strict=True)) if all(
@@ -221,7 +224,7 @@ def stream_sweep(path: str | Path, *, run_id: str | None = None, out: str | None
                 concurrency=concurrency or config.concurrency, workers=workers or config.workers,
                 max_attempts=config.max_attempts, resume=resume or index > 0,
                 rollout={"deadline_s": config.timeout_s},
-                env_vars={k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
+                env_vars=env_vars,
                 governor=governor_settings(governor),
                 warm_per_slot=1.0 if provider.capabilities.warm_ahead else 0.0,
             )
