@@ -45,7 +45,8 @@ FORWARDED_ENV = (
 
 
 def ensure_ray(address: str | None = None) -> None:
-    """Join the cluster if there is one, else start a small local Ray (no dashboard)."""
+    """Join the cluster if there is one, else start a small private Ray (no dashboard)
+    that listens on 127.0.0.1 only (`start_private_ray`)."""
     import ray
 
     if ray.is_initialized():
@@ -54,15 +55,50 @@ def ensure_ray(address: str | None = None) -> None:
     kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": True,
                               "configure_logging": False}
     if address == "local":  # a fresh local Ray, never someone else's cluster
-        ray.init(include_dashboard=False, **kwargs)
+        start_private_ray(**kwargs)
         return
     if address:
         ray.init(address=address, **kwargs)
         return
     # Ray's own default: a cluster started with `ray start` on this machine, else a new
-    # local Ray (no dashboard: ≈ 210 MB and 0.5 s saved). Not address="auto", which would
-    # join any Ray process it finds — a notebook's, another test's.
-    ray.init(include_dashboard=False, **kwargs)
+    # local Ray. Not address="auto", which would join any Ray process it finds — a
+    # notebook's, another test's.
+    if _local_cluster_address() is not None:
+        ray.init(include_dashboard=False, **kwargs)
+        return
+    start_private_ray(**kwargs)
+
+
+def _local_cluster_address() -> str | None:
+    """The `ray start` cluster `ray.init()` would join on this machine, if any."""
+    from ray._private import services
+
+    try:
+        return services.get_ray_address_from_environment(None, None)
+    except Exception:  # let ray.init() report what it finds wrong
+        return "unknown"
+
+
+def start_private_ray(**kwargs: Any) -> None:
+    """A new one-machine Ray whose every component listens on 127.0.0.1.
+
+    Ray replaces a loopback `_node_ip_address` with the routable address, so gcs_server,
+    raylet, workers and the agents would listen on every interface. Its single-node mode
+    (`ENABLE_RAY_CLUSTER` off, its default on macOS) uses the loopback address instead;
+    nothing on another machine can join a private Ray, so nothing is lost. Token
+    authentication is Ray's own default for a new local cluster (2.52+, token in
+    ~/.ray/auth_token, generated if missing) unless RAY_AUTH_MODE says otherwise: we keep
+    it, and RAY_AUTH_MODE=disabled (the test suite's) still works, loopback-only.
+    """
+    import ray
+    from ray._private import ray_constants
+
+    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(include_dashboard=False, **kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
 
 
 def new_run_id() -> str:
