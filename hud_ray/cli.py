@@ -186,23 +186,47 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_reap(args: argparse.Namespace) -> int:
-    from providers import LABEL_RUN, available, get_provider
+    """`reap --provider P`: that provider, any failure is the one error line. Without
+    `--provider`: every provider that loads and has credentials, the others named as
+    skipped; one provider failing does not stop the rest (exit 1 if any failed)."""
+    from providers import LABEL_RUN, available, provider_class
 
-    names = [args.provider] if args.provider else available()
     labels = {LABEL_RUN: args.run_id} if args.run_id else {}
     min_age = parse_duration(args.older_than) if args.older_than else 0.0
-    total = 0
-    for name in names:
+    options = parse_options(args.provider_opt)
+    if args.provider:
+        provider = _reap_provider(args.provider, options)
+        total = asyncio.run(_reap_one(provider, labels, min_age, args.dry_run))
+        print(f"{'would destroy' if args.dry_run else 'destroyed'} {total} sandbox(es)")
+        return 0
+    total, skipped, failed = 0, [], []
+    for name in available():
         try:
-            provider = get_provider(name, **parse_options(args.provider_opt))
+            if not provider_class(name).owns_sandboxes:
+                continue
+            provider = _reap_provider(name, options)
         except ProviderConfigError as exc:
-            if args.provider:
-                raise
+            skipped.append(name)
             print(f"{name}: skipped ({exc})", file=sys.stderr)
             continue
-        total += asyncio.run(_reap_one(provider, labels, min_age, args.dry_run))
-    print(f"{'would destroy' if args.dry_run else 'destroyed'} {total} sandbox(es)")
-    return 0
+        try:
+            total += asyncio.run(_reap_one(provider, labels, min_age, args.dry_run))
+        except Exception as exc:  # one account's outage must not hide the others' leaks
+            failed.append(name)
+            print(f"{name}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    verb = "would destroy" if args.dry_run else "destroyed"
+    print(f"{verb} {total} sandbox(es)"
+          + (f"; skipped {', '.join(skipped)}" if skipped else "")
+          + (f"; failed {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def _reap_provider(name: str, options: dict[str, Any]) -> Any:
+    from providers import get_provider
+
+    provider = get_provider(name, **options)
+    provider.check_credentials()
+    return provider
 
 
 async def _reap_one(provider: Any, labels: dict[str, str], min_age: float, dry: bool) -> int:

@@ -121,6 +121,8 @@ class Provider(ABC):
     #: live sandboxes a governor allows by default for one account.
     default_live_cap: ClassVar[int] = 256
     capabilities: ClassVar[Capabilities] = Capabilities()
+    #: False for a provider that only borrows env servers (`attach`): nothing to reap.
+    owns_sandboxes: ClassVar[bool] = True
 
     def __init__(self, **options: Any) -> None:
         try:
@@ -135,6 +137,11 @@ class Provider(ABC):
     def check_config(self) -> None:
         """Raise ProviderConfigError if sandboxes cannot be created as configured (called
         once before a run starts; `list`/`reap` work without it, e.g. with no env file)."""
+        return None
+
+    def check_credentials(self) -> None:
+        """Raise ProviderConfigError, offline, when this provider has no credentials to
+        reach its account (so `hud-ray reap` over every provider skips it by name)."""
         return None
 
     def check_spec(self, spec: SandboxSpec) -> None:

@@ -110,6 +110,9 @@ class ModalProvider(Provider):
 
     # --- plan time -----------------------------------------------------------------
     def check_config(self) -> None:
+        self.check_credentials()
+
+    def check_credentials(self) -> None:
         if self.options.sdk is None:  # a stand-in SDK (the fake) brings its own auth
             check_credentials()
 
