@@ -169,6 +169,7 @@ def plan_run(
                           teardown_timeout_s=teardown_timeout_s)
     if resume and not run_id:
         raise ValueError("--resume needs --run-id (the run to continue)")
+    preflight.check_resume(out, run_id, resume)
     run_id = run_id or new_run_id()
     run_dir = Path(out) / run_id
     agent_label = agent if isinstance(agent, str) else agent_name(agent)

@@ -25,6 +25,7 @@ from hud_ray.wire import (
     ProtocolError,
     RemoteError,
     TransportError,
+    UnencodableFrame,
     WireError,
     WireTimeout,
 )
@@ -291,6 +292,11 @@ class RolloutRunner:
             # never sent: the agent's answer itself is too big, not the env's fault
             return RolloutFailure(Status.AGENT_ERROR, f"the agent's answer is too large: {exc}",
                                   error_type=type(exc).__name__)
+        if isinstance(exc, UnencodableFrame) and self.phase == "grade":
+            return RolloutFailure(
+                Status.AGENT_ERROR, f"the agent's answer ({type(self.answer).__name__}) is not "
+                f"JSON-serialisable: {exc}".replace("cannot encode frame: ", ""),
+                error_type=type(exc).__name__)
         if isinstance(exc, ProtocolError):  # includes RemoteError: the env said no
             return RolloutFailure(Status.ENV_ERROR, exc)
         if isinstance(exc, TransportError):

@@ -203,6 +203,7 @@ def stream_sweep(path: str | Path, *, run_id: str | None = None, out: str | None
         for agent in agents_for(group).values():
             agent.build()  # a bad agent spec or params fails here, not in every worker
         plans.append((label, group, options, provider))
+    preflight.check_resume(out or config.out, run_id or config.name, resume)
     manifest = {"sweep": sweep_fingerprint(config), "tasks": str(path),
                 "variants": [v.name for v in grid],
                 "providers": {label: redacted(o) for label, _, o, _ in plans}}

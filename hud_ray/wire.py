@@ -29,6 +29,7 @@ from hud_ray.wire_frames import (
     ProtocolError,
     RemoteError,
     TransportError,
+    UnencodableFrame,
     WireError,
     WireTimeout,
     _restate,
@@ -42,7 +43,7 @@ from hud_ray.wire_frames import (
 
 __all__ = [
     "FRAME_LIMIT_BYTES", "EnvClient", "FrameTooLarge", "ProtocolError", "RemoteError",
-    "TransportError", "TunnelForwarder", "WireError", "WireTimeout", "encode_frame",
+    "TransportError", "TunnelForwarder", "UnencodableFrame", "WireError", "WireTimeout", "encode_frame",
     "open_stream", "open_tunnel", "parse_url", "read_frame", "splice",
 ]
 

@@ -47,12 +47,18 @@ class RemoteError(ProtocolError):
         self.remote_message = message
 
 
+class UnencodableFrame(ProtocolError):
+    """Our own message is not JSON (a set, an object, NaN): never sent, never the env's."""
+
+    outgoing = True
+
+
 def encode_frame(message: dict[str, Any]) -> bytes:
     """Compact JSON + newline; refuses frames over the limit before anything is sent."""
     try:
         data = json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
     except (TypeError, ValueError) as exc:
-        raise ProtocolError(f"cannot encode frame: {exc}") from None
+        raise UnencodableFrame(f"cannot encode frame: {exc}") from None
     if len(data) > FRAME_LIMIT_BYTES:
         what = message.get("method", "response")
         too_large = FrameTooLarge(

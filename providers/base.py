@@ -140,8 +140,9 @@ class Provider(ABC):
         return None
 
     def check_credentials(self) -> None:
-        """Raise ProviderConfigError, offline, when this provider has no credentials to
-        reach its account (so `hud-ray reap` over every provider skips it by name)."""
+        """Raise ProviderConfigError, cheaply (no sandbox, seconds at most), when this
+        provider cannot reach its account: no credentials, or an API that does not answer.
+        Called at plan time and by `hud-ray reap`, which skips such a provider by name."""
         return None
 
     def check_spec(self, spec: SandboxSpec) -> None:

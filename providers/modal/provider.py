@@ -16,7 +16,7 @@ from ..errors import CreateError, NotReadyError
 from . import options as opts
 from . import probe
 from .options import ModalOptions
-from .sdk import Policy, check_credentials, load_sdk
+from .sdk import Policy, check_credentials, check_reachable, load_sdk
 
 GONE = ("NotFoundError",)
 
@@ -115,6 +115,7 @@ class ModalProvider(Provider):
     def check_credentials(self) -> None:
         if self.options.sdk is None:  # a stand-in SDK (the fake) brings its own auth
             check_credentials()
+            check_reachable()
 
     def check_spec(self, spec: SandboxSpec) -> None:
         super().check_spec(spec)
