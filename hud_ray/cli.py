@@ -32,17 +32,48 @@ def demo_dir() -> Path:
     raise FileNotFoundError("the bundled demo (examples/demo) is missing from this install")
 
 
-def parse_options(pairs: list[str], flag: str = "--provider-opt") -> dict[str, Any]:
+def parse_options(pairs: list[str], flag: str = "--provider-opt",
+                  json_keys: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    """KEY=VALUE pairs. A value is JSON-decoded only where the option is declared as a
+    dict or list (`json_keys`, see `provider_json_keys`): every other value stays the
+    string the user typed — `command={python} -m ...` is a command, not broken JSON —
+    and the provider's pydantic model turns "4" or "true" into its declared type."""
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ValueError(f"{flag} {pair!r}: expected KEY=VALUE")
+        if key not in json_keys:
+            options[key] = value
+            continue
         try:
-            options[key.strip()] = json.loads(value) if value[:1] in "{[" else value
+            options[key] = json.loads(value)
         except ValueError as exc:
             raise ValueError(f"{flag} {pair!r}: the value is not valid JSON ({exc})") from None
     return options
+
+
+def provider_json_keys(provider: str) -> frozenset[str]:
+    """Options of `provider` declared as a dict or list (e.g. modal's `env`, `secrets`)."""
+    from providers import provider_class
+
+    fields = provider_class(provider).Options.model_fields
+    return frozenset(name for name, field in fields.items() if _is_container(field.annotation))
+
+
+def _is_container(annotation: Any) -> bool:
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if annotation in (dict, list, tuple, set) or origin in (dict, list, tuple, set):
+        return True
+    return any(_is_container(arg) for arg in typing.get_args(annotation)
+               if origin is not None and origin not in (dict, list, tuple, set))
+
+
+def provider_options(args: argparse.Namespace, provider: str) -> dict[str, Any]:
+    return parse_options(args.provider_opt, json_keys=provider_json_keys(provider))
 
 
 def parse_duration(text: str) -> float:
@@ -152,7 +183,8 @@ def cmd_run(args: argparse.Namespace, tasks: str, agent: str) -> int:
         out=args.out, run_id=args.run_id, resume=args.resume, workers=args.workers,
         timeout_s=args.timeout, max_attempts=args.max_attempts,
         progress=not args.no_progress, governor=governor_policy(args), warm=args.warm,
-        provider_options=parse_options(args.provider_opt), **_failure_budget(args.max_failures),
+        provider_options=provider_options(args, args.provider),
+        **_failure_budget(args.max_failures),
     )
     print(f"run directory: {plan.run_dir}", file=sys.stderr, flush=True)
     try:
@@ -193,9 +225,8 @@ def cmd_reap(args: argparse.Namespace) -> int:
 
     labels = {LABEL_RUN: args.run_id} if args.run_id else {}
     min_age = parse_duration(args.older_than) if args.older_than else 0.0
-    options = parse_options(args.provider_opt)
     if args.provider:
-        provider = _reap_provider(args.provider, options)
+        provider = _reap_provider(args.provider, args)
         total = asyncio.run(_reap_one(provider, labels, min_age, args.dry_run))
         print(f"{'would destroy' if args.dry_run else 'destroyed'} {total} sandbox(es)")
         return 0
@@ -204,7 +235,7 @@ def cmd_reap(args: argparse.Namespace) -> int:
         try:
             if not provider_class(name).owns_sandboxes:
                 continue
-            provider = _reap_provider(name, options)
+            provider = _reap_provider(name, args)
         except ProviderConfigError as exc:
             skipped.append(name)
             print(f"{name}: skipped ({exc})", file=sys.stderr)
@@ -221,10 +252,10 @@ def cmd_reap(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _reap_provider(name: str, options: dict[str, Any]) -> Any:
+def _reap_provider(name: str, args: argparse.Namespace) -> Any:
     from providers import get_provider
 
-    provider = get_provider(name, **options)
+    provider = get_provider(name, **provider_options(args, name))
     provider.check_credentials()
     return provider
 
@@ -248,8 +279,8 @@ def _scrubbed(args: argparse.Namespace, exc: BaseException) -> str:
     from hud_ray.redact import run_scrubber
 
     try:
-        options = parse_options(getattr(args, "provider_opt", []) or [])
-    except ValueError:
+        options = provider_options(args, args.provider)
+    except (AttributeError, ValueError, ProviderError):
         options = {}
     return run_scrubber(options, {}).text(str(exc))
 
