@@ -23,7 +23,6 @@ from hud_ray.wire import (
     EnvClient,
     FrameTooLarge,
     ProtocolError,
-    RemoteError,
     TransportError,
     UnencodableFrame,
     WireError,
@@ -228,9 +227,10 @@ class RolloutRunner:
                 call_timeout_s=self._remaining(),
                 heartbeat_s=self.config.heartbeat_s,
             )
-        except RemoteError as exc:
-            raise RolloutFailure(Status.ENV_ERROR, exc) from None
-        except WireError as exc:
+        except ProtocolError as exc:  # the env answered `hello` wrongly: the wire rule
+            raise RolloutFailure(Status.ENV_ERROR, await self._with_output(exc),
+                                 error_type=type(exc).__name__) from None
+        except WireError as exc:  # refused, reset, EOF, silence: not ready, infra
             raise RolloutFailure(Status.INFRA_ERROR, await self._with_output(exc),
                                  error_type=type(exc).__name__) from None
 
@@ -288,6 +288,8 @@ class RolloutRunner:
 
     # --- failure helpers ---------------------------------------------------------------
     async def _wire_failure(self, exc: WireError) -> RolloutFailure:
+        """The wire rule (hud_ray/wire.py), the same in every phase: garbage or an error
+        from the env is env_error, a broken connection infra_error, silence a timeout."""
         if isinstance(exc, FrameTooLarge) and exc.outgoing and self.phase == "grade":
             # never sent: the agent's answer itself is too big, not the env's fault
             return RolloutFailure(Status.AGENT_ERROR, f"the agent's answer is too large: {exc}",
@@ -298,7 +300,7 @@ class RolloutRunner:
                 f"JSON-serialisable: {exc}".replace("cannot encode frame: ", ""),
                 error_type=type(exc).__name__)
         if isinstance(exc, ProtocolError):  # includes RemoteError: the env said no
-            return RolloutFailure(Status.ENV_ERROR, exc)
+            return RolloutFailure(Status.ENV_ERROR, exc, error_type=type(exc).__name__)
         if isinstance(exc, TransportError):
             return RolloutFailure(Status.INFRA_ERROR, await self._with_output(exc),
                                   error_type=type(exc).__name__)

@@ -10,6 +10,18 @@ three typed errors, so a rollout can classify it:
 - `ProtocolError`: the peer spoke, but wrongly (garbage, oversized frame, bad shape);
   `RemoteError` is its subclass for a JSON-RPC error object returned by the env.
 
+One rule maps them to a rollout's status, the same in every phase (`hello`, `tasks.start`,
+`tasks.grade`, heartbeats):
+
+- `ProtocolError` — garbage (not JSON, not an object, no `result`, a reply without its
+  required fields, an incoming frame over 16 MiB) or a JSON-RPC error from the env — is
+  `env_error`, not retried: the peer answered, and another sandbox of the same image would
+  answer the same. (Our own unencodable or oversized frame is the agent's or the task's.)
+- `TransportError` — refused, reset, EOF, closed mid-frame — is `infra_error`, retried in
+  a fresh sandbox: the sandbox or the network went away.
+- `WireTimeout` — silence — is a `timeout` in a rollout phase; while waiting for `hello`
+  it is the startup budget running out, `infra_error` (the env never became ready).
+
 Framing and the error classes live in `hud_ray.wire_frames`; import them from here.
 """
 
