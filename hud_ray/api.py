@@ -38,6 +38,7 @@ log = logging.getLogger("hud_ray")
 # in the actor's creation arguments, never in results or logs.
 FORWARDED_ENV = (
     "HUD_RAY_STATE_DIR", "HUD_API_KEY", "PYTHONPATH", "HUD_RAY_EGRESS_CIDRS",
+    "HUD_RAY_TLS_CA_FILE",
     "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_ENVIRONMENT", "MODAL_SERVER_URL",
     "MODAL_PROFILE", "DAYTONA_API_KEY", "DAYTONA_API_URL", "DAYTONA_TARGET",
     "DAYTONA_JWT_TOKEN", "DAYTONA_ORGANIZATION_ID",

@@ -51,12 +51,13 @@ from hud_ray.wire_frames import (
     open_stream,
     parse_url,
     read_frame,
+    uses_tls,
 )
 
 __all__ = [
     "FRAME_LIMIT_BYTES", "EnvClient", "FrameTooLarge", "ProtocolError", "RemoteError",
     "TransportError", "TunnelForwarder", "UnencodableFrame", "WireError", "WireTimeout", "encode_frame",
-    "open_stream", "open_tunnel", "parse_url", "read_frame", "splice",
+    "open_stream", "open_tunnel", "parse_url", "read_frame", "splice", "uses_tls",
 ]
 
 
@@ -119,7 +120,7 @@ class EnvClient:
             client: EnvClient | None = None
             try:
                 reader, writer = await open_stream(
-                    host, port, preamble=preamble, timeout_s=attempt_s
+                    host, port, preamble=preamble, timeout_s=attempt_s, tls=uses_tls(url)
                 )
                 client = cls(
                     reader, writer, url=url, preamble=preamble, call_timeout_s=call_timeout_s
@@ -293,7 +294,8 @@ async def open_tunnel(
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Open one `tunnel.open` stream: first frame routes the connection, then raw bytes."""
     host, port = parse_url(url)
-    reader, writer = await open_stream(host, port, preamble=preamble, timeout_s=timeout_s)
+    reader, writer = await open_stream(host, port, preamble=preamble, timeout_s=timeout_s,
+                                       tls=uses_tls(url))
     try:
         writer.write(
             encode_frame(

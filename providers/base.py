@@ -90,7 +90,7 @@ class Endpoint(BaseModel):
 
     @property
     def host_port(self) -> tuple[str, int]:
-        rest = self.url.removeprefix("tcp://")
+        rest = self.url.partition("://")[2]
         host, _, port = rest.rpartition(":")
         return host.strip("[]"), int(port)
 

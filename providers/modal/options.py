@@ -10,7 +10,7 @@ import math
 import os
 import re
 import shlex
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -45,7 +45,11 @@ class ModalOptions(BaseModel):
     command: str = Field(DEFAULT_COMMAND, description="env server argv inside the sandbox; "
                          "{port} is filled by the gate, {env_name} from the task")
     python: str = Field("python3", description="interpreter in the image that runs the gate")
-    gate_port: int = Field(8765, ge=1, le=65535, description="public (unencrypted) port")
+    gate_port: int = Field(8765, ge=1, le=65535, description="the gate's port in the sandbox")
+    transport: Literal["tls", "tcp"] = Field(
+        "tls", description="tls: the gate port is an encrypted_ports tunnel (Modal terminates "
+        "TLS with a public certificate, verified here), so the gate secret never crosses the "
+        "internet in clear; tcp: an unencrypted_ports tunnel (a raw TCP relay)")
     inner_port: int = Field(0, ge=0, le=65535, description="env server port on 127.0.0.1; "
                             "0 = let it pick and read its HUD_SERVE_PORT= line")
     workdir: str | None = None

@@ -56,3 +56,80 @@ def test_a_bad_cidr_is_one_line_at_plan_time(tmp_path, setting):
 def test_provider_config_error_class():
     with pytest.raises(ProviderConfigError, match="not a CIDR"):
         get_provider("modal", **modal_fake.provider_options(inbound_cidr_allowlist=["x"]))
+
+
+# --- TLS for the gate's channel (transport=tls, the default) ------------------------------
+
+
+def _ready(provider, name: str):
+    from hud_ray.wire import EnvClient
+
+    async def main():
+        handle = await provider.create(SandboxSpec(name=name), {})
+        try:
+            endpoint = await provider.ready(handle, 20)
+            client = await EnvClient.connect(endpoint.url, preamble=endpoint.preamble,
+                                             heartbeat_s=None, ready_timeout_s=10)
+            await client.bye()
+            return endpoint
+        finally:
+            await provider.destroy(handle)
+
+    try:
+        return asyncio.run(main())
+    finally:
+        modal_fake.kill_all()
+
+
+def test_the_channel_is_tls_by_default_and_the_public_port_speaks_nothing_else():
+    import socket
+    import ssl
+
+    endpoint = _ready(get_provider("modal", **modal_fake.provider_options()), "hudray-tls")
+    assert endpoint.url.startswith("tls://localhost:")
+    host, port = endpoint.host_port
+    (rec,) = [r for r in modal_fake.all_sandboxes() if r["name"] == "hudray-tls"]
+    assert rec["tls_ports"] == [8765] and rec["ports"] == []
+    # A second sandbox, left running, to talk to its edge in clear: it answers no JSON.
+    provider = get_provider("modal", **modal_fake.provider_options())
+
+    async def open_one():
+        handle = await provider.create(SandboxSpec(name="hudray-tls-raw"), {})
+        return handle, await provider.ready(handle, 20)
+
+    handle, live = asyncio.run(open_one())
+    try:
+        host, port = live.host_port
+        with socket.create_connection((host, port), timeout=5) as raw:
+            raw.sendall(live.preamble + b'{"jsonrpc":"2.0","id":1,"method":"hello"}\n')
+            raw.settimeout(5)
+            try:
+                reply = raw.recv(4096)
+            except (ConnectionResetError, TimeoutError):
+                reply = b""
+        assert b"session_id" not in reply  # a TLS alert or nothing, never the env
+        context = ssl.create_default_context(cafile=modal_fake.ensure_cert()[0])
+        with socket.create_connection((host, port), timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(live.preamble + b'{"jsonrpc":"2.0","id":1,"method":"hello"}\n')
+            assert b"session_id" in tls.recv(65536)  # the same bytes inside TLS: the env
+    finally:
+        asyncio.run(provider.destroy(handle))
+        modal_fake.kill_all()
+
+
+def test_a_certificate_that_does_not_verify_fails_fast_naming_tls(monkeypatch):
+    import time
+
+    monkeypatch.setenv("HUD_RAY_TLS_CA_FILE", "")  # the fake's edge is not trusted now
+    provider = get_provider("modal", **modal_fake.provider_options())
+    t0 = time.monotonic()
+    with pytest.raises(Exception, match=r"TLS to localhost:\d+: .*(self.signed|verify)"):
+        _ready(provider, "hudray-tls-bad")
+    assert time.monotonic() - t0 < 15  # not the startup budget's worth of retries
+
+
+def test_transport_tcp_is_the_clear_text_opt_out():
+    endpoint = _ready(get_provider("modal", **modal_fake.provider_options(transport="tcp")),
+                      "hudray-tcp")
+    assert endpoint.url.startswith("tcp://127.0.0.1:")
