@@ -168,6 +168,7 @@ def plan_run(
     driver_provider.check_config()
     preflight.check_tasks(tasks, driver_provider, timeout_s=timeout_s,
                           teardown_timeout_s=teardown_timeout_s)
+    driver_provider.check_credentials()  # may dial the provider's API: after offline checks
     if resume and not run_id:
         raise ValueError("--resume needs --run-id (the run to continue)")
     preflight.check_resume(out, run_id, resume)

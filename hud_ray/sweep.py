@@ -200,6 +200,7 @@ def stream_sweep(path: str | Path, *, run_id: str | None = None, out: str | None
         for taskset in {v.taskset.path for v in group}:  # rows, slugs, what each task asks
             preflight.check_tasks(taskset, provider, timeout_s=config.timeout_s,
                                   teardown_timeout_s=60.0)
+        provider.check_credentials()  # may dial the provider's API: after offline checks
         for agent in agents_for(group).values():
             agent.build()  # a bad agent spec or params fails here, not in every worker
         plans.append((label, group, options, provider))

@@ -142,7 +142,8 @@ class Provider(ABC):
     def check_credentials(self) -> None:
         """Raise ProviderConfigError, cheaply (no sandbox, seconds at most), when this
         provider cannot reach its account: no credentials, or an API that does not answer.
-        Called at plan time and by `hud-ray reap`, which skips such a provider by name."""
+        Called at plan time after the offline checks (`check_config`, the task scan) and by
+        `hud-ray reap`, which skips such a provider by name."""
         return None
 
     def check_spec(self, spec: SandboxSpec) -> None:

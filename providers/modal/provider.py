@@ -110,12 +110,13 @@ class ModalProvider(Provider):
 
     # --- plan time -----------------------------------------------------------------
     def check_config(self) -> None:
-        self.check_credentials()
+        if self.options.sdk is None:  # a stand-in SDK (the fake) brings its own auth
+            check_credentials()  # offline: before the task scan
 
     def check_credentials(self) -> None:
-        if self.options.sdk is None:  # a stand-in SDK (the fake) brings its own auth
-            check_credentials()
-            check_reachable()
+        self.check_config()
+        if self.options.sdk is None:
+            check_reachable()  # one TCP connect: after everything offline has passed
 
     def check_spec(self, spec: SandboxSpec) -> None:
         super().check_spec(spec)
