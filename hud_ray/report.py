@@ -143,8 +143,9 @@ def _template_stats(variant: str, template: str, group: list[dict[str, Any]],
 # Every line is one population (the rollouts of that template or variant): n, how many
 # were graded and failed, the mean with failures as 0 and its interval, the graded-only
 # mean beside it, pass@k.
-STATS_HEADER = ["n", "graded", "failed", "mean", "95% CI", "graded mean", "pass@1", "pass@k"]
-LEGEND = ("mean: failed rollouts count as 0 (graded mean: ok rollouts only); 95% CI: Wilson "
+STATS_HEADER = ["n", "graded", "failed", "mean reward", "95% CI", "graded mean", "pass@1",
+                "pass@k"]
+LEGEND = ("mean reward: failed rollouts count as 0 (graded mean: ok rollouts only); 95% CI: Wilson "
           "for 0/1 rewards, Wilson's bound for rewards in [0,1], bootstrap otherwise (n>=10)")
 
 
