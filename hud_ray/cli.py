@@ -55,7 +55,8 @@ def parse_options(pairs: list[str], flag: str = "--provider-opt",
 
 
 def provider_json_keys(provider: str) -> frozenset[str]:
-    """Options of `provider` declared as a dict or list (e.g. modal's `env`, `secrets`)."""
+    """Options of `provider` declared as a dict, list or model (e.g. modal's `env`,
+    `secrets`, daytona's `resources`): the ones whose value is JSON on the command line."""
     from providers import provider_class
 
     fields = provider_class(provider).Options.model_fields
@@ -65,9 +66,13 @@ def provider_json_keys(provider: str) -> frozenset[str]:
 def _is_container(annotation: Any) -> bool:
     import typing
 
+    from pydantic import BaseModel
+
     origin = typing.get_origin(annotation)
     if annotation in (dict, list, tuple, set) or origin in (dict, list, tuple, set):
         return True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True  # a nested model (daytona's `resources`) is given as a JSON object
     return any(_is_container(arg) for arg in typing.get_args(annotation)
                if origin is not None and origin not in (dict, list, tuple, set))
 

@@ -13,7 +13,8 @@ def test_only_dict_and_list_options_are_json():
     assert provider_json_keys("local") == frozenset()
     assert {"env", "secrets", "inbound_cidr_allowlist"} <= provider_json_keys("modal")
     assert "command" not in provider_json_keys("modal") and "sdk" not in provider_json_keys("modal")
-    assert "env_vars" in provider_json_keys("daytona")
+    assert {"env_vars", "labels", "entrypoint", "resources"} <= provider_json_keys("daytona")
+    assert "command" not in provider_json_keys("daytona")
 
 
 def test_a_command_starting_with_a_brace_is_a_command():
@@ -33,3 +34,9 @@ def test_dict_and_list_options_are_decoded_and_checked():
     assert options == {"env": {"A": "1"}, "secrets": ["s1"], "command": "[not json]"}
     with pytest.raises(ValueError, match=r"'env=\{A\}': the value is not valid JSON"):
         parse_options(["env={A}"], json_keys=keys)
+
+
+def test_a_nested_model_option_is_json():
+    options = parse_options(['resources={"cpu": 2}'], json_keys=provider_json_keys("daytona"))
+    provider = get_provider("daytona", api_key="k", **options)
+    assert provider.options.resources.cpu == 2
