@@ -28,6 +28,7 @@ from hud_ray.agents.config import API_KEY_ENV, configure_agent, redacted_config
 from hud_ray.llm_governor import check_llm_limits
 from hud_ray.prices import check_prices
 from hud_ray.progress import Progress
+from hud_ray.redact import install_log_scrubber, redacted, run_scrubber
 from hud_ray.results import ResultWriter, done_keys, read_manifest, read_results
 from hud_ray.tasks import Task, count_rows, expand, tasks_from
 from providers import get_provider
@@ -39,7 +40,8 @@ log = logging.getLogger("hud_ray")
 # running cluster inherit the raylet's environment, not the driver's). Credentials travel
 # in the actor's creation arguments, never in results or logs.
 FORWARDED_ENV = (
-    "HUD_RAY_STATE_DIR", "HUD_API_KEY", "PYTHONPATH",
+    "HUD_RAY_STATE_DIR", "HUD_API_KEY", "PYTHONPATH", "HUD_RAY_EGRESS_CIDRS",
+    "HUD_RAY_TLS_CA_FILE",
     "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_ENVIRONMENT", "MODAL_SERVER_URL",
     "MODAL_PROFILE", "DAYTONA_API_KEY", "DAYTONA_API_URL", "DAYTONA_TARGET",
     "DAYTONA_JWT_TOKEN", "DAYTONA_ORGANIZATION_ID", "DOCKER_HOST",
@@ -47,7 +49,8 @@ FORWARDED_ENV = (
 
 
 def ensure_ray(address: str | None = None) -> None:
-    """Join the cluster if there is one, else start a small local Ray (no dashboard)."""
+    """Join the cluster if there is one, else start a small private Ray (no dashboard)
+    that listens on 127.0.0.1 only (`start_private_ray`)."""
     import ray
 
     if ray.is_initialized():
@@ -56,15 +59,50 @@ def ensure_ray(address: str | None = None) -> None:
     kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": True,
                               "configure_logging": False}
     if address == "local":  # a fresh local Ray, never someone else's cluster
-        ray.init(include_dashboard=False, **kwargs)
+        start_private_ray(**kwargs)
         return
     if address:
         ray.init(address=address, **kwargs)
         return
     # Ray's own default: a cluster started with `ray start` on this machine, else a new
-    # local Ray (no dashboard: ≈ 210 MB and 0.5 s saved). Not address="auto", which would
-    # join any Ray process it finds — a notebook's, another test's.
-    ray.init(include_dashboard=False, **kwargs)
+    # local Ray. Not address="auto", which would join any Ray process it finds — a
+    # notebook's, another test's.
+    if _local_cluster_address() is not None:
+        ray.init(include_dashboard=False, **kwargs)
+        return
+    start_private_ray(**kwargs)
+
+
+def _local_cluster_address() -> str | None:
+    """The `ray start` cluster `ray.init()` would join on this machine, if any."""
+    from ray._private import services
+
+    try:
+        return services.get_ray_address_from_environment(None, None)
+    except Exception:  # let ray.init() report what it finds wrong
+        return "unknown"
+
+
+def start_private_ray(**kwargs: Any) -> None:
+    """A new one-machine Ray whose every component listens on 127.0.0.1.
+
+    Ray replaces a loopback `_node_ip_address` with the routable address, so gcs_server,
+    raylet, workers and the agents would listen on every interface. Its single-node mode
+    (`ENABLE_RAY_CLUSTER` off, its default on macOS) uses the loopback address instead;
+    nothing on another machine can join a private Ray, so nothing is lost. Token
+    authentication is Ray's own default for a new local cluster (2.52+, token in
+    ~/.ray/auth_token, generated if missing) unless RAY_AUTH_MODE says otherwise: we keep
+    it, and RAY_AUTH_MODE=disabled (the test suite's) still works, loopback-only.
+    """
+    import ray
+    from ray._private import ray_constants
+
+    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(include_dashboard=False, **kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
 
 
 def new_run_id() -> str:
@@ -141,8 +179,10 @@ def plan_run(
     driver_provider.check_config()
     preflight.check_tasks(tasks, driver_provider, timeout_s=timeout_s,
                           teardown_timeout_s=teardown_timeout_s)
+    driver_provider.check_credentials()  # may dial the provider's API: after offline checks
     if resume and not run_id:
         raise ValueError("--resume needs --run-id (the run to continue)")
+    preflight.check_resume(out, run_id, resume)
     run_id = run_id or new_run_id()
     run_dir = Path(out) / run_id
     agent_label = agent_spec if isinstance(agent_spec, str) else agent_name(agent)
@@ -156,8 +196,12 @@ def plan_run(
     }
     from hud_ray.scheduler import Scheduler, SchedulerConfig  # imports Ray: after the checks
 
+    env_vars = {k: os.environ[k] for k in (*FORWARDED_ENV, *agent_env_names(agent_config))
+                if k in os.environ}
+    scrubber = run_scrubber(provider_options, env_vars)
+    install_log_scrubber(scrubber)
     writer = ResultWriter(run_dir, config=config, resume=resume,
-                          flush_rows=flush_rows, flush_s=flush_s)
+                          flush_rows=flush_rows, flush_s=flush_s, scrubber=scrubber)
     skip = done_keys(run_dir) if resume else set()
     rows = count_rows(tasks) if isinstance(tasks, str | Path) else None
     total = rows * repeats if rows is not None else None
@@ -170,9 +214,8 @@ def plan_run(
         rollout={"deadline_s": timeout_s, "ready_timeout_s": min(ready_timeout_s, timeout_s),
                  "teardown_timeout_s": teardown_timeout_s, "keep_raw": keep_raw,
                  "prices": prices},
-        env_vars={k: os.environ[k] for k in (*FORWARDED_ENV, *agent_env_names(agent_config))
-                  if k in os.environ},
-        governor=governor_settings(governor), resume=resume, probe_first=probe,
+        env_vars=env_vars, governor=governor_settings(governor), resume=resume,
+        probe_first=probe,
         warm_per_slot=(warm if warm is not None
                        else (1.0 if driver_provider.capabilities.warm_ahead else 0.0)),
     )
@@ -250,10 +293,3 @@ def governor_settings(governor: dict[str, Any] | bool | None) -> dict[str, Any] 
         return None
     return dict(governor)
 
-
-SECRET_WORDS = ("key", "token", "secret", "password")
-
-
-def redacted(options: dict[str, Any]) -> dict[str, Any]:
-    return {k: ("***" if any(w in k.lower() for w in SECRET_WORDS) else v)
-            for k, v in options.items()}

@@ -32,17 +32,53 @@ def demo_dir() -> Path:
     raise FileNotFoundError("the bundled demo (examples/demo) is missing from this install")
 
 
-def parse_options(pairs: list[str], flag: str = "--provider-opt") -> dict[str, Any]:
+def parse_options(pairs: list[str], flag: str = "--provider-opt",
+                  json_keys: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    """KEY=VALUE pairs. A value is JSON-decoded only where the option is declared as a
+    dict or list (`json_keys`, see `provider_json_keys`): every other value stays the
+    string the user typed — `command={python} -m ...` is a command, not broken JSON —
+    and the provider's pydantic model turns "4" or "true" into its declared type."""
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ValueError(f"{flag} {pair!r}: expected KEY=VALUE")
+        if key not in json_keys:
+            options[key] = value
+            continue
         try:
-            options[key.strip()] = json.loads(value) if value[:1] in "{[" else value
+            options[key] = json.loads(value)
         except ValueError as exc:
             raise ValueError(f"{flag} {pair!r}: the value is not valid JSON ({exc})") from None
     return options
+
+
+def provider_json_keys(provider: str) -> frozenset[str]:
+    """Options of `provider` declared as a dict, list or model (e.g. modal's `env`,
+    `secrets`, daytona's `resources`): the ones whose value is JSON on the command line."""
+    from providers import provider_class
+
+    fields = provider_class(provider).Options.model_fields
+    return frozenset(name for name, field in fields.items() if _is_container(field.annotation))
+
+
+def _is_container(annotation: Any) -> bool:
+    import typing
+
+    from pydantic import BaseModel
+
+    origin = typing.get_origin(annotation)
+    if annotation in (dict, list, tuple, set) or origin in (dict, list, tuple, set):
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True  # a nested model (daytona's `resources`) is given as a JSON object
+    return any(_is_container(arg) for arg in typing.get_args(annotation)
+               if origin is not None and origin not in (dict, list, tuple, set))
+
+
+def provider_options(args: argparse.Namespace, provider: str) -> dict[str, Any]:
+    return parse_options(args.provider_opt, json_keys=provider_json_keys(provider))
 
 
 def parse_duration(text: str) -> float:
@@ -203,7 +239,8 @@ def cmd_run(args: argparse.Namespace, tasks: str, agent: str) -> int:
         probe=not args.no_probe, keep_raw=args.keep_raw,
         llm_limits=parse_options(args.llm_limit, "--llm-limit") or None,
         prices=load_price_table(args.price_table),
-        provider_options=parse_options(args.provider_opt), **_failure_budget(args.max_failures),
+        provider_options=provider_options(args, args.provider),
+        **_failure_budget(args.max_failures),
     )
     print(f"run directory: {plan.run_dir}", file=sys.stderr, flush=True)
     try:
@@ -237,30 +274,46 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_reap(args: argparse.Namespace) -> int:
-    from providers import LABEL_RUN, available, get_provider
+    """`reap --provider P`: that provider, any failure is the one error line. Without
+    `--provider`: every provider that loads and has credentials, the others named as
+    skipped; one provider failing does not stop the rest (exit 1 if any failed)."""
+    from providers import LABEL_RUN, available, provider_class
 
-    names = [args.provider] if args.provider else available()
     labels = {LABEL_RUN: args.run_id} if args.run_id else {}
     min_age = parse_duration(args.older_than) if args.older_than else 0.0
-    total = 0
-    for name in names:
+    if args.provider:
+        provider = _reap_provider(args.provider, args)
+        total = asyncio.run(_reap_one(provider, labels, min_age, args.dry_run))
+        print(f"{'would destroy' if args.dry_run else 'destroyed'} {total} sandbox(es)")
+        return 0
+    total, skipped, failed = 0, [], []
+    for name in available():
         try:
-            provider = get_provider(name, **parse_options(args.provider_opt))
+            if not provider_class(name).owns_sandboxes:
+                continue
+            provider = _reap_provider(name, args)
         except ProviderConfigError as exc:
-            if args.provider:
-                raise
+            skipped.append(name)
             print(f"{name}: skipped ({exc})", file=sys.stderr)
             continue
         try:
             total += asyncio.run(_reap_one(provider, labels, min_age, args.dry_run))
-        except ProviderError as exc:
-            if args.provider:
-                raise
-            # Sweeping every provider: one with no credentials or no daemon here has
-            # nothing of ours to reap; say so and go on to the others.
-            print(f"{name}: skipped ({exc})", file=sys.stderr)
-    print(f"{'would destroy' if args.dry_run else 'destroyed'} {total} sandbox(es)")
-    return 0
+        except Exception as exc:  # one account's outage must not hide the others' leaks
+            failed.append(name)
+            print(f"{name}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    verb = "would destroy" if args.dry_run else "destroyed"
+    print(f"{verb} {total} sandbox(es)"
+          + (f"; skipped {', '.join(skipped)}" if skipped else "")
+          + (f"; failed {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def _reap_provider(name: str, args: argparse.Namespace) -> Any:
+    from providers import get_provider
+
+    provider = get_provider(name, **provider_options(args, name))
+    provider.check_credentials()
+    return provider
 
 
 async def _reap_one(provider: Any, labels: dict[str, str], min_age: float, dry: bool) -> int:
@@ -283,6 +336,17 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     build_args = {k: str(v) for k, v in parse_options(args.build_arg, "--build-arg").items()}
     print(build_image(args.dir, args.tag, build_args))
     return 0
+
+
+def _scrubbed(args: argparse.Namespace, exc: BaseException) -> str:
+    """The error's text without the secret values given on this command line."""
+    from hud_ray.redact import run_scrubber
+
+    try:
+        options = provider_options(args, args.provider)
+    except (AttributeError, ValueError, ProviderError):
+        options = {}
+    return run_scrubber(options, {}).text(str(exc))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,13 +372,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (TaskFileError, ProviderError, RunDirError, AgentSpecError, SweepError, ValueError,
             FileNotFoundError) as exc:
-        print(f"hud-ray: error: {exc}", file=sys.stderr)
+        print(f"hud-ray: error: {_scrubbed(args, exc)}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
         from hud_ray.scheduler import RunAborted
 
         if isinstance(exc, RunAborted):
-            print(f"hud-ray: run stopped: {exc} (rows written so far are kept)", file=sys.stderr)
+            print(f"hud-ray: run stopped: {_scrubbed(args, exc)} (rows written so far are kept)",
+                  file=sys.stderr)
             return 1
         raise
     return 2

@@ -86,7 +86,10 @@ class GovernorImpl:
                  account: str = "default") -> None:
         import os
 
+        from hud_ray.redact import install_log_scrubber, run_scrubber
+
         os.environ.update(env_vars or {})  # e.g. the state dir its provider reaps in
+        install_log_scrubber(run_scrubber(provider_options, env_vars or {}))
         self.provider_name = provider
         self.account = account
         self._throttled_unreported = 0

@@ -7,13 +7,18 @@ it — and an existing run directory (resume) is left exactly as it was.
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hud_ray import envscan
+from hud_ray.results import RunDirError
 from hud_ray.rollout import RolloutConfig, sandbox_spec
-from hud_ray.tasks import Rollout, iter_rows, tasks_from
+from hud_ray.tasks import Rollout, Task, TaskFileError, iter_rows, tasks_from
 from hud_ray.warm import spec_key
+from hud_ray.wire import FRAME_LIMIT_BYTES
 from providers import Provider, ProviderConfigError, UnsupportedSpecError
 
 # Rows validated at plan time (~40 µs each: a few seconds). Rows past this are still
@@ -95,14 +100,89 @@ def check_tasks(tasks: Any, provider: Provider, *, timeout_s: float,
     limit = PRESCAN_ROWS if limit is None else limit
     config = RolloutConfig(run_id="plan", teardown_timeout_s=teardown_timeout_s)
     kinds: set[str] = set()
+    templates_of = template_lister(provider)
+    count = 0
     for count, (line, task) in enumerate(source, start=1):
         rollout = Rollout(task=task, source_line=line)
+        check_frame_size(task, f"{name}:{line}")
+        if templates_of is not None:
+            _check_template(task, templates_of(task), f"{name}:{line}", provider)
         key = spec_key(rollout)
         if key not in kinds:
             kinds.add(key)
             _check_spec(provider, rollout, config, timeout_s, f"{name}:{line}")
         if count >= limit:
             return
+    if count == 0:
+        # A run of nothing would "succeed" with exit 0: almost always the wrong file.
+        raise TaskFileError(f"{name}: no task rows (the task file is empty)")
+
+
+def template_lister(provider: Provider) -> Callable[[Task], set[str] | None] | None:
+    """Where the env's templates can be known without a sandbox — the local provider
+    serving an envkit env file, read by `hud_ray.envscan` — a function giving them for a
+    task (None: not knowable for that file); elsewhere None, and the sandbox says."""
+    options = getattr(provider, "options", None)
+    env_file = getattr(options, "env_file", None)
+    command = getattr(options, "command", "")
+    if provider.name != "local" or not env_file or "hud_ray.envkit" not in command:
+        return None
+    by_name = "{env_name}" in command  # else envkit serves the file's only Environment
+    scanned: dict[str | None, set[str] | None] = {}
+
+    def templates_of(task: Task) -> set[str] | None:
+        key = task.env_name if by_name else None
+        if key not in scanned:
+            scanned[key] = envscan.scan(env_file, key)
+        return scanned[key]
+
+    return templates_of
+
+
+def _check_template(task: Task, templates: set[str] | None, where: str,
+                    provider: Provider) -> None:
+    if templates is None or task.id in templates:
+        return
+    env_file = provider.options.env_file  # type: ignore[attr-defined]
+    raise TaskFileError(
+        f"{where}: task {task.slug!r}: template {task.id!r} is not in {env_file} "
+        f"(its templates: {', '.join(sorted(templates)) or 'none'})")
+
+
+# What `tasks.start` adds around a task's id and args (method, ids, braces): generous.
+START_FRAME_OVERHEAD_BYTES = 256
+
+
+def check_frame_size(task: Task, where: str) -> None:
+    """A task whose `tasks.start` frame would exceed the wire's limit can never start;
+    say so by file and line instead of failing every attempt on the wire."""
+    budget = FRAME_LIMIT_BYTES - START_FRAME_OVERHEAD_BYTES - len(task.id.encode())
+    size = _json_size(task.args, budget)
+    if size > budget:
+        raise TaskFileError(
+            f"{where}: task {task.slug!r}: args are {size} bytes as JSON; a tasks.start frame "
+            f"is limited to {FRAME_LIMIT_BYTES} bytes (16 MiB) — pass large data through a "
+            "file or URL the env fetches")
+
+
+def _json_size(value: Any, budget: int) -> int:
+    """Encoded size of `value`, computed only when a cheap estimate says it may be big."""
+    # JSON (ensure_ascii, as the wire sends it) spends at most 12 bytes on one character
+    # (an astral one as two \uXXXX escapes); repr is never shorter than the characters.
+    if len(repr(value)) * 12 < budget:
+        return 0
+    return len(json.dumps(value, separators=(",", ":"), default=str).encode())
+
+
+def check_resume(out: str | Path, run_id: str | None, resume: bool) -> None:
+    """`--resume` of a run that was never started is a typo, not a new run."""
+    if not resume or not run_id:
+        return
+    run_dir = Path(out) / run_id
+    if not (run_dir / "manifest.json").is_file():
+        raise RunDirError(
+            f"--resume: there is no run {run_id!r} in {out} ({run_dir}/manifest.json not "
+            "found); drop --resume to start it as a new run")
 
 
 def _check_spec(provider: Provider, rollout: Rollout, config: RolloutConfig,

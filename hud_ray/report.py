@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -34,14 +35,44 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[index]
 
 
-def mean_ci(values: list[float], z: float = 1.96) -> tuple[float, float]:
-    """Mean and the half-width of a normal-approximation 95% confidence interval."""
+Z95 = 1.959963984540054
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_MIN_N = 10  # below this a percentile bootstrap under-covers badly: no interval
+
+
+def wilson(mean: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a proportion `mean` of `n` trials. Also a valid (wider than
+    needed) interval for the mean of values in [0, 1]: their variance is at most m(1-m)."""
+    denom = 1 + z * z / n
+    centre = (mean + z * z / (2 * n)) / denom
+    half = z * math.sqrt(mean * (1 - mean) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def bootstrap_mean(values: list[float], resamples: int = BOOTSTRAP_RESAMPLES,
+                   seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (seeded: a report reads the same twice)."""
+    rng = random.Random(seed)
     n = len(values)
+    means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(resamples))
+    return means[int(0.025 * resamples)], means[min(resamples - 1, int(0.975 * resamples))]
+
+
+def interval(values: list[float]) -> tuple[tuple[float, float] | None, str]:
+    """An honest 95% interval of the mean of `values`, and how it was made: Wilson for 0/1
+    rewards, Wilson's bound for rewards in [0, 1] (never narrower than the truth allows),
+    a bootstrap for anything else once n >= 10 — and none rather than a false ±0."""
+    n = len(values)
+    if n == 0:
+        return None, "-"
     mean = sum(values) / n
-    if n < 2:
-        return mean, float("nan")
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, z * math.sqrt(var / n)
+    if all(v in (0.0, 1.0) for v in values):
+        return wilson(mean, n), "wilson"
+    if all(0.0 <= v <= 1.0 for v in values):
+        return wilson(mean, n), "wilson-bound"
+    if n >= BOOTSTRAP_MIN_N:
+        return bootstrap_mean(values), "bootstrap"
+    return None, f"n<{BOOTSTRAP_MIN_N}"
 
 
 def build_report(table: pa.Table, success_threshold: float = 1.0) -> dict[str, Any]:
@@ -66,8 +97,10 @@ def build_report(table: pa.Table, success_threshold: float = 1.0) -> dict[str, A
     variants = sorted({row.get("variant") or "" for row in rows})
     compare = [_variant_stats(v, [r for r in rows if (r.get("variant") or "") == v],
                               success_threshold) for v in variants] if len(variants) > 1 else []
+    overall = _template_stats("", "(all)", rows, success_threshold) if rows else None
     return {"rows": len(rows), "status": dict(status_counts), "templates": templates,
-            "phases": phases, "failures": dict(failures), "variants": compare}
+            "overall": overall, "phases": phases, "failures": dict(failures),
+            "variants": compare}
 
 
 def _variant_stats(variant: str, rows: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
@@ -78,27 +111,49 @@ def _variant_stats(variant: str, rows: list[dict[str, Any]], threshold: float) -
     for r in rows:
         if r["status"] != "ok":
             failed[r["status"]] += 1
-    passk = {k: v for k, v in overall.items() if k.startswith("pass@")}
-    return {"variant": variant, "rollouts": len(rows), "mean_reward": overall["mean_reward"],
-            "ci95": overall["ci95"], **passk, "failures": dict(failed),
+    return {**overall, "failures": dict(failed),
             "total_p50": percentile(totals, 0.5), "total_p95": percentile(totals, 0.95)}
 
 
 def _template_stats(variant: str, template: str, group: list[dict[str, Any]],
                     threshold: float) -> dict[str, Any]:
-    rewards = [r["reward"] for r in group if r["reward"] is not None]
+    """One population, every number over the same rollouts: a failed rollout (anything
+    but `ok`) counts as reward 0 in `mean_reward`, its interval and pass@k; the mean over
+    graded rollouts only is beside it, never mixed in."""
+    graded = [r["reward"] for r in group if r["status"] == "ok" and r["reward"] is not None]
+    scored = [r["reward"] if r["status"] == "ok" and r["reward"] is not None else 0.0
+              for r in group]
     by_task: dict[str, list[float]] = defaultdict(list)
-    for r in group:
-        by_task[r["group_id"]].append(r["reward"] if r["reward"] is not None else 0.0)
+    for r, reward in zip(group, scored, strict=True):
+        by_task[r["group_id"]].append(reward)
     k = max(len(v) for v in by_task.values())
     passes = {
         f"pass@{kk}": sum(pass_at_k(len(v), sum(x >= threshold for x in v), kk)
                           for v in by_task.values()) / len(by_task)
         for kk in sorted({1, k})
     }
-    mean, ci = mean_ci(rewards) if rewards else (None, None)
+    ci, method = interval(scored)
     return {"variant": variant, "template": template, "rollouts": len(group),
-            "graded": len(rewards), "mean_reward": mean, "ci95": ci, **passes}
+            "graded": len(graded), "failed": len(group) - len(graded),
+            "mean_reward": sum(scored) / len(scored) if scored else None,
+            "ci95": list(ci) if ci else None, "ci_method": method,
+            "graded_mean_reward": sum(graded) / len(graded) if graded else None, **passes}
+
+
+# Every line is one population (the rollouts of that template or variant): n, how many
+# were graded and failed, the mean with failures as 0 and its interval, the graded-only
+# mean beside it, pass@k.
+STATS_HEADER = ["n", "graded", "failed", "mean reward", "95% CI", "graded mean", "pass@1",
+                "pass@k"]
+LEGEND = ("mean reward: failed rollouts count as 0 (graded mean: ok rollouts only); 95% CI: Wilson "
+          "for 0/1 rewards, Wilson's bound for rewards in [0,1], bootstrap otherwise (n>=10)")
+
+
+def _stats_cells(t: dict[str, Any]) -> list[str]:
+    passk = [v for key, v in t.items() if key.startswith("pass@") and key != "pass@1"]
+    return [str(t["rollouts"]), str(t["graded"]), str(t["failed"]), _fmt(t["mean_reward"]),
+            _fmt_ci(t["ci95"], t["ci_method"]), _fmt(t["graded_mean_reward"]),
+            _fmt(t["pass@1"]), _fmt(passk[0] if passk else t["pass@1"])]
 
 
 def format_report(report: dict[str, Any], run_dir: str | Path | None = None) -> str:
@@ -110,27 +165,22 @@ def format_report(report: dict[str, Any], run_dir: str | Path | None = None) -> 
     lines.append("")
     if report.get("variants"):
         lines.append("variants side by side:")
-        table = [["variant", "n", "mean reward", "±95%", "pass@1", "pass@k", "failed",
-                  "p50 s", "p95 s"]]
+        table = [["variant", *STATS_HEADER, "failures", "p50 s", "p95 s"]]
         for v in report["variants"]:
-            passk = [x for key, x in v.items() if key.startswith("pass@") and key != "pass@1"]
             failed = ",".join(f"{k}={n}" for k, n in sorted(v["failures"].items())) or "-"
-            table.append([v["variant"], str(v["rollouts"]), _fmt(v["mean_reward"]),
-                          _fmt(v["ci95"]), _fmt(v["pass@1"]),
-                          _fmt(passk[0] if passk else v["pass@1"]), failed,
+            table.append([v["variant"], *_stats_cells(v), failed,
                           _fmt(v["total_p50"]), _fmt(v["total_p95"])])
         lines += _columns(table)
         lines.append("")
     has_variants = any(t["variant"] for t in report["templates"])
-    header = (["variant"] if has_variants else []) + [
-        "template", "n", "mean reward", "±95%", "pass@1", "pass@k"]
-    table = [header]
+    table = [(["variant"] if has_variants else []) + ["template", *STATS_HEADER]]
     for t in report["templates"]:
-        passk = [v for key, v in t.items() if key.startswith("pass@") and key != "pass@1"]
-        table.append(([t["variant"]] if has_variants else []) + [
-            t["template"], str(t["rollouts"]), _fmt(t["mean_reward"]), _fmt(t["ci95"]),
-            _fmt(t["pass@1"]), _fmt(passk[0] if passk else t["pass@1"])])
+        table.append(([t["variant"]] if has_variants else []) + [t["template"], *_stats_cells(t)])
+    if report.get("overall") and len(report["templates"]) > 1:
+        overall = report["overall"]
+        table.append(([""] if has_variants else []) + [overall["template"], *_stats_cells(overall)])
     lines += _columns(table)
+    lines.append(f"  ({LEGEND})")
     lines.append("")
     lines.append("phase latency (s):")
     lines += _columns([["phase", "p50", "p95"]] + [
@@ -140,6 +190,12 @@ def format_report(report: dict[str, Any], run_dir: str | Path | None = None) -> 
         lines.append("failures by class:")
         lines += [f"  {k}: {v}" for k, v in sorted(report["failures"].items())]
     return "\n".join(lines)
+
+
+def _fmt_ci(ci: list[float] | None, method: str) -> str:
+    if not ci:
+        return method if method.startswith("n<") else "-"
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
 def _fmt(value: Any) -> str:

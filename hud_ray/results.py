@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hud_ray.redact import Scrubber
 from hud_ray.schema import arrow_schema, utcnow
 from hud_ray.trajectory import step_schema
 
@@ -111,8 +112,11 @@ class ResultWriter:
         resume: bool = False,
         flush_rows: int = 500,
         flush_s: float = 2.0,
+        scrubber: Scrubber | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
+        # Secret values of this run, removed from every row and the manifest before disk.
+        self.scrubber = scrubber or Scrubber()
         self.flush_rows = flush_rows
         self.flush_s = flush_s
         self.schema = arrow_schema()
@@ -169,7 +173,7 @@ class ResultWriter:
     def add(self, row: dict[str, Any]) -> pa.RecordBatch | None:
         """Buffer one row; returns the batch written if this triggered a flush."""
         self._step_buffer.extend(row.pop("_steps", None) or ())
-        self._buffer.append(row)
+        self._buffer.append(self.scrubber.row(row) if self.scrubber else row)
         self.counts[row["status"]] += 1
         if len(self._buffer) >= self.flush_rows:
             return self.flush()
@@ -214,7 +218,8 @@ class ResultWriter:
     def write_manifest(self) -> None:
         self.manifest["counts"] = dict(self.counts)
         self.manifest["updated_at"] = utcnow().isoformat()
-        _atomic_write_text(self.run_dir / MANIFEST, json.dumps(self.manifest, indent=2, default=str))
+        manifest = self.scrubber.value(self.manifest) if self.scrubber else self.manifest
+        _atomic_write_text(self.run_dir / MANIFEST, json.dumps(manifest, indent=2, default=str))
 
     def close(self, state: str = "finished", **extra: Any) -> None:
         self.flush()

@@ -26,8 +26,8 @@ from hud_ray.wire import (
     FrameTooLarge,
     NeverAnswered,
     ProtocolError,
-    RemoteError,
     TransportError,
+    UnencodableFrame,
     WireError,
     WireTimeout,
 )
@@ -257,12 +257,13 @@ class RolloutRunner:
                 call_timeout_s=self._remaining(),
                 heartbeat_s=self.config.heartbeat_s,
             )
-        except RemoteError as exc:
-            raise RolloutFailure(Status.ENV_ERROR, exc) from None
-        except NeverAnswered as exc:  # the env serves, but not this protocol: its fault
+        except ProtocolError as exc:  # the env answered `hello` wrongly: the wire rule
+            raise RolloutFailure(Status.ENV_ERROR, await self._with_output(exc),
+                                 error_type=type(exc).__name__) from None
+        except NeverAnswered as exc:  # it accepted, then never answered: the env's fault
             raise RolloutFailure(Status.ENV_ERROR, await self._with_output(exc),
                                  error_type=ENV_START_ERROR) from None
-        except WireError as exc:
+        except WireError as exc:  # refused, reset, EOF until the budget ran out: infra
             raise RolloutFailure(Status.INFRA_ERROR, await self._with_output(exc),
                                  error_type=type(exc).__name__) from None
 
@@ -368,12 +369,19 @@ class RolloutRunner:
 
     # --- failure helpers ---------------------------------------------------------------
     async def _wire_failure(self, exc: WireError) -> RolloutFailure:
+        """The wire rule (hud_ray/wire.py), the same in every phase: garbage or an error
+        from the env is env_error, a broken connection infra_error, silence a timeout."""
         if isinstance(exc, FrameTooLarge) and exc.outgoing and self.phase == "grade":
             # never sent: the agent's answer itself is too big, not the env's fault
             return RolloutFailure(Status.AGENT_ERROR, f"the agent's answer is too large: {exc}",
                                   error_type=type(exc).__name__)
+        if isinstance(exc, UnencodableFrame) and self.phase == "grade":
+            return RolloutFailure(
+                Status.AGENT_ERROR, f"the agent's answer ({type(self.answer).__name__}) is not "
+                f"JSON-serialisable: {exc}".replace("cannot encode frame: ", ""),
+                error_type=type(exc).__name__)
         if isinstance(exc, ProtocolError):  # includes RemoteError: the env said no
-            return RolloutFailure(Status.ENV_ERROR, exc)
+            return RolloutFailure(Status.ENV_ERROR, exc, error_type=type(exc).__name__)
         if isinstance(exc, TransportError):
             return RolloutFailure(Status.INFRA_ERROR, await self._with_output(exc),
                                   error_type=type(exc).__name__)

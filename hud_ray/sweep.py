@@ -194,11 +194,11 @@ def stream_sweep(path: str | Path, *, run_id: str | None = None, out: str | None
         default_provider_options,
         ensure_ray,
         governor_settings,
-        redacted,
     )
     from hud_ray.llm_governor import check_llm_limits
     from hud_ray.prices import check_prices
     from hud_ray.progress import Progress
+    from hud_ray.redact import install_log_scrubber, redacted, run_scrubber
     from hud_ray.results import ResultWriter, done_keys
     from hud_ray.scheduler import Scheduler, SchedulerConfig
     from hud_ray.tasks import count_rows
@@ -222,14 +222,19 @@ def stream_sweep(path: str | Path, *, run_id: str | None = None, out: str | None
         for taskset in {v.taskset.path for v in group}:  # rows, slugs, what each task asks
             preflight.check_tasks(taskset, provider, timeout_s=config.timeout_s,
                                   teardown_timeout_s=60.0)
+        provider.check_credentials()  # may dial the provider's API: after offline checks
         for agent in agents_for(group, llm_limits).values():
             agent.build()  # a bad agent spec or params fails here, not in every worker
         plans.append((label, group, options, provider))
+    preflight.check_resume(out or config.out, run_id or config.name, resume)
     manifest = {"sweep": sweep_fingerprint(config), "tasks": str(path),
                 "variants": [v.name for v in grid],
                 "providers": {label: redacted(o) for label, _, o, _ in plans}}
     key_vars = [name for v in grid for name in agent_env_names(v.agent.params)]
-    writer = ResultWriter(run_dir, config=manifest, resume=resume)
+    env_vars = {k: os.environ[k] for k in (*FORWARDED_ENV, *key_vars) if k in os.environ}
+    scrubber = run_scrubber({label: o for label, _, o, _ in plans}, env_vars)
+    install_log_scrubber(scrubber)
+    writer = ResultWriter(run_dir, config=manifest, resume=resume, scrubber=scrubber)
     skip = done_keys(run_dir) if resume else set()
     rows = [count_rows(v.taskset.path) for v in grid]
     total = sum(r * v.repeats for r, v in zip(rows, grid, strict=True)) if all(
@@ -245,8 +250,7 @@ def stream_sweep(path: str | Path, *, run_id: str | None = None, out: str | None
                 max_attempts=config.max_attempts, resume=resume or index > 0,
                 rollout={"deadline_s": config.timeout_s, "keep_raw": config.keep_raw,
                          "prices": prices},
-                env_vars={k: os.environ[k] for k in (*FORWARDED_ENV, *key_vars)
-                          if k in os.environ},
+                env_vars=env_vars,
                 governor=governor_settings(governor),
                 warm_per_slot=1.0 if provider.capabilities.warm_ahead else 0.0,
             )

@@ -206,6 +206,22 @@ def _iter_json(file: Path, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def _iter_parquet(file: Path, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    rows = _parquet_rows(file, name)
+    while True:
+        try:
+            item = next(rows)
+        except StopIteration:
+            return
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            raise  # named by iter_rows
+        except (OSError, ValueError) as exc:  # ArrowInvalid is a ValueError; thrift: OSError
+            if isinstance(exc, TaskFileError):
+                raise
+            raise TaskFileError(f"{name}: not a readable Parquet file: {exc}") from None
+        yield item
+
+
+def _parquet_rows(file: Path, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(file)
@@ -366,6 +382,6 @@ def count_rows(path: str | Path) -> int | None:
             import pyarrow.parquet as pq
 
             return pq.ParquetFile(file).metadata.num_rows
-    except OSError:
+    except (OSError, ValueError):  # unreadable: the row scan names the file
         return None
     return None

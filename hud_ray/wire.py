@@ -10,6 +10,21 @@ three typed errors, so a rollout can classify it:
 - `ProtocolError`: the peer spoke, but wrongly (garbage, oversized frame, bad shape);
   `RemoteError` is its subclass for a JSON-RPC error object returned by the env.
 
+One rule maps them to a rollout's status, the same in every phase (`hello`, `tasks.start`,
+`tasks.grade`, heartbeats):
+
+- `ProtocolError` — garbage (not JSON, not an object, no `result`, a reply without its
+  required fields, an incoming frame over 16 MiB) or a JSON-RPC error from the env — is
+  `env_error`, not retried: the peer answered, and another sandbox of the same image would
+  answer the same. (Our own unencodable or oversized frame is the agent's or the task's.)
+- `TransportError` — refused, reset, EOF, closed mid-frame — is `infra_error`, retried in
+  a fresh sandbox: the sandbox or the network went away.
+- `WireTimeout` — silence — is a `timeout` in a rollout phase. While waiting for `hello`
+  the startup budget running out is `infra_error` when the last attempt was refused or
+  closed (the sandbox never came up), and `env_error` (`NeverAnswered`) when the env
+  accepted the connection and then never answered: a server that does not speak this
+  protocol, or hangs, the same in every sandbox of its image.
+
 Framing and the error classes live in `hud_ray.wire_frames`; import them from here.
 """
 
@@ -30,6 +45,7 @@ from hud_ray.wire_frames import (
     ProtocolError,
     RemoteError,
     TransportError,
+    UnencodableFrame,
     WireError,
     WireTimeout,
     _restate,
@@ -39,12 +55,14 @@ from hud_ray.wire_frames import (
     open_stream,
     parse_url,
     read_frame,
+    uses_tls,
 )
 
 __all__ = [
-    "FRAME_LIMIT_BYTES", "EnvClient", "FrameTooLarge", "NeverAnswered", "ProtocolError", "RemoteError",
-    "TransportError", "TunnelForwarder", "WireError", "WireTimeout", "encode_frame",
-    "open_stream", "open_tunnel", "parse_url", "read_frame", "splice",
+    "FRAME_LIMIT_BYTES", "EnvClient", "FrameTooLarge", "NeverAnswered", "ProtocolError",
+    "RemoteError", "TransportError", "TunnelForwarder", "UnencodableFrame", "WireError",
+    "WireTimeout", "encode_frame", "open_stream", "open_tunnel", "parse_url", "read_frame",
+    "splice", "uses_tls",
 ]
 
 
@@ -111,7 +129,7 @@ class EnvClient:
             client: EnvClient | None = None
             try:
                 reader, writer = await open_stream(
-                    host, port, preamble=preamble, timeout_s=attempt_s
+                    host, port, preamble=preamble, timeout_s=attempt_s, tls=uses_tls(url)
                 )
                 client = cls(
                     reader, writer, url=url, preamble=preamble, call_timeout_s=call_timeout_s
@@ -287,7 +305,8 @@ async def open_tunnel(
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Open one `tunnel.open` stream: first frame routes the connection, then raw bytes."""
     host, port = parse_url(url)
-    reader, writer = await open_stream(host, port, preamble=preamble, timeout_s=timeout_s)
+    reader, writer = await open_stream(host, port, preamble=preamble, timeout_s=timeout_s,
+                                       tls=uses_tls(url))
     try:
         writer.write(
             encode_frame(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import ssl
 from typing import Any
 
 FRAME_LIMIT_BYTES = 16 * 1024 * 1024
@@ -55,12 +57,18 @@ class RemoteError(ProtocolError):
         self.remote_message = message
 
 
+class UnencodableFrame(ProtocolError):
+    """Our own message is not JSON (a set, an object, NaN): never sent, never the env's."""
+
+    outgoing = True
+
+
 def encode_frame(message: dict[str, Any]) -> bytes:
     """Compact JSON + newline; refuses frames over the limit before anything is sent."""
     try:
         data = json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
     except (TypeError, ValueError) as exc:
-        raise ProtocolError(f"cannot encode frame: {exc}") from None
+        raise UnencodableFrame(f"cannot encode frame: {exc}") from None
     if len(data) > FRAME_LIMIT_BYTES:
         what = message.get("method", "response")
         too_large = FrameTooLarge(
@@ -94,15 +102,40 @@ async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
     return message
 
 
+# Extra CA certificates (PEM) trusted for `tls://` endpoints besides the system's: a
+# private TLS edge, or a test fake's. Forwarded to Ray workers.
+TLS_CA_FILE_ENV = "HUD_RAY_TLS_CA_FILE"
+_tls_contexts: dict[str, ssl.SSLContext] = {}
+
+
+def tls_context() -> ssl.SSLContext:
+    """A verifying client context (system CAs + $HUD_RAY_TLS_CA_FILE), built once."""
+    extra = os.environ.get(TLS_CA_FILE_ENV, "")
+    context = _tls_contexts.get(extra)
+    if context is None:
+        context = ssl.create_default_context()
+        if extra:
+            context.load_verify_locations(cafile=extra)
+        _tls_contexts[extra] = context
+    return context
+
+
 async def open_stream(
-    host: str, port: int, *, preamble: bytes | None = None, timeout_s: float = 10.0
+    host: str, port: int, *, preamble: bytes | None = None, timeout_s: float = 10.0,
+    tls: bool = False,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """TCP connection with a frame-sized buffer; sends `preamble` (gate secret) first."""
+    """TCP connection with a frame-sized buffer (inside TLS, certificate and host name
+    verified, when `tls`); sends `preamble` (gate secret) first."""
     try:
         async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(host, port, limit=_READER_LIMIT)
+            reader, writer = await asyncio.open_connection(
+                host, port, limit=_READER_LIMIT, ssl=tls_context() if tls else None,
+                server_hostname=host if tls else None)
     except TimeoutError:
         raise WireTimeout(f"connect to {host}:{port} timed out after {timeout_s:.1f}s") from None
+    except ssl.SSLCertVerificationError as exc:
+        # Not "not ready yet": a certificate that does not verify will not start to.
+        raise ProtocolError(f"TLS to {host}:{port}: {exc.verify_message or exc}") from None
     except OSError as exc:
         raise TransportError(f"connect to {host}:{port} failed: {exc}") from None
     if preamble:
@@ -111,12 +144,19 @@ async def open_stream(
 
 
 def parse_url(url: str) -> tuple[str, int]:
-    if not url.startswith("tcp://"):
-        raise ValueError(f"endpoint must be tcp://host:port, got {url!r}")
-    host, sep, port = url[len("tcp://") :].rpartition(":")
+    """(host, port) of `tcp://host:port` or `tls://host:port` (see `uses_tls`)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("tcp", "tls"):
+        raise ValueError(f"endpoint must be tcp://host:port or tls://host:port, got {url!r}")
+    host, sep, port = rest.rpartition(":")
     if not sep or not port.isdigit():
-        raise ValueError(f"endpoint must be tcp://host:port, got {url!r}")
+        raise ValueError(f"endpoint must be tcp://host:port or tls://host:port, got {url!r}")
     return host.strip("[]"), int(port)
+
+
+def uses_tls(url: str) -> bool:
+    """`tls://`: the stream runs inside TLS (e.g. Modal's encrypted tunnel)."""
+    return url.startswith("tls://")
 
 
 def _restate(exc: WireError, method: str) -> WireError:

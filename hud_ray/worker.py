@@ -19,6 +19,7 @@ import ray
 
 from hud_ray.agents import resolve_agent
 from hud_ray.metrics import record_live, record_row
+from hud_ray.redact import install_log_scrubber, run_scrubber
 from hud_ray.rollout import RolloutConfig, RolloutRunner, warm_labels
 from hud_ray.schema import Status
 from hud_ray.tasks import Rollout
@@ -45,6 +46,7 @@ class RolloutWorkerImpl:
         warm_depth: int = 0,
     ) -> None:
         os.environ.update(env_vars or {})
+        install_log_scrubber(run_scrubber(provider_options, env_vars or {}))
         self.worker_id = worker_id
         self.slots = slots
         self.node_id = _node_id()

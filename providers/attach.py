@@ -35,6 +35,7 @@ class AttachProvider(Provider):
     default_create_rate = 1000.0
     default_live_cap = 64
     capabilities = Capabilities(images=False, warm_ahead=False)
+    owns_sandboxes = False  # borrowed servers are never destroyed, so never reaped
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

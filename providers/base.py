@@ -91,7 +91,7 @@ class Endpoint(BaseModel):
 
     @property
     def host_port(self) -> tuple[str, int]:
-        rest = self.url.removeprefix("tcp://")
+        rest = self.url.partition("://")[2]
         host, _, port = rest.rpartition(":")
         return host.strip("[]"), int(port)
 
@@ -122,6 +122,8 @@ class Provider(ABC):
     #: live sandboxes a governor allows by default for one account.
     default_live_cap: ClassVar[int] = 256
     capabilities: ClassVar[Capabilities] = Capabilities()
+    #: False for a provider that only borrows env servers (`attach`): nothing to reap.
+    owns_sandboxes: ClassVar[bool] = True
 
     def __init__(self, **options: Any) -> None:
         try:
@@ -136,6 +138,13 @@ class Provider(ABC):
     def check_config(self) -> None:
         """Raise ProviderConfigError if sandboxes cannot be created as configured (called
         once before a run starts; `list`/`reap` work without it, e.g. with no env file)."""
+        return None
+
+    def check_credentials(self) -> None:
+        """Raise ProviderConfigError, cheaply (no sandbox, seconds at most), when this
+        provider cannot reach its account: no credentials, or an API that does not answer.
+        Called at plan time after the offline checks (`check_config`, the task scan) and by
+        `hud-ray reap`, which skips such a provider by name."""
         return None
 
     def check_spec(self, spec: SandboxSpec) -> None:

@@ -10,11 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import ssl
 from typing import Any
 
 HELLO = b'{"jsonrpc":"2.0","id":1,"method":"hello","params":{}}\n'
 BYE = b'{"jsonrpc":"2.0","id":2,"method":"bye","params":{}}\n'
 _REPLY_LIMIT = 1 << 20
+# The same variable as hud_ray.wire_frames.TLS_CA_FILE_ENV (providers never import hud_ray).
+TLS_CA_FILE_ENV = "HUD_RAY_TLS_CA_FILE"
+
+
+def tls_context() -> ssl.SSLContext:
+    """Verifying client context: the system's CAs plus $HUD_RAY_TLS_CA_FILE if set."""
+    context = ssl.create_default_context()
+    extra = os.environ.get(TLS_CA_FILE_ENV)
+    if extra:
+        context.load_verify_locations(cafile=extra)
+    return context
 
 
 class NotYet(Exception):
@@ -25,12 +38,17 @@ class WrongAnswer(Exception):
     """Something answered, but not an env server: waiting longer will not help."""
 
 
-async def hello(host: str, port: int, preamble: bytes, timeout_s: float) -> dict[str, Any]:
-    """One connect + gate frame + `hello`; the reply, or NotYet / WrongAnswer."""
+async def hello(host: str, port: int, preamble: bytes, timeout_s: float,
+                tls: ssl.SSLContext | None = None) -> dict[str, Any]:
+    """One connect (inside TLS with `tls`) + gate frame + `hello`; the reply, or NotYet /
+    WrongAnswer."""
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, limit=_REPLY_LIMIT), timeout_s
+            asyncio.open_connection(host, port, limit=_REPLY_LIMIT, ssl=tls,
+                                    server_hostname=host if tls else None), timeout_s
         )
+    except ssl.SSLCertVerificationError as exc:
+        raise WrongAnswer(f"TLS to {host}:{port}: {exc.verify_message or exc}") from None
     except (TimeoutError, OSError) as exc:
         raise NotYet(f"connect {host}:{port}: {exc!r}") from None
     try:

@@ -5,6 +5,7 @@ Third-party packages add providers through the entry-point group `hud_ray.provid
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -30,14 +31,25 @@ def available() -> list[str]:
     return sorted(names)
 
 
+def installed() -> list[str]:
+    """Providers whose module is present (their SDKs may still be missing)."""
+    return [n for n in available()
+            if n not in BUILTIN or importlib.util.find_spec(BUILTIN[n][0]) is not None]
+
+
 def provider_class(name: str) -> type[Provider]:
     if name in BUILTIN:
         module_name, class_name, extra = BUILTIN[name]
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
+            if getattr(exc, "name", None) == module_name:
+                raise ProviderConfigError(
+                    f"provider {name!r} is not part of this install ({module_name} is missing); "
+                    f"available: {', '.join(installed())}"
+                ) from None
             if extra is None:
-                raise
+                raise ProviderConfigError(f"provider {name!r} cannot be loaded: {exc}") from None
             raise ProviderConfigError(
                 f"provider {name!r} needs the [{extra}] extra: pip install 'hud-ray[{extra}]' "
                 f"({exc})"

@@ -236,7 +236,9 @@ def test_provider_opt_without_equals(tmp_path):
 
 
 def test_provider_opt_with_broken_json(tmp_path):
-    run_error(tmp_path, str(DEMO_TASKS), "--agent", "rule", "--provider-opt", "env_vars={a: 1}",
+    # JSON only where the option is a dict or list: daytona's env_vars is one.
+    run_error(tmp_path, str(DEMO_TASKS), "--agent", "rule", "--provider", "daytona",
+              "--provider-opt", "env_vars={a: 1}",
               named=("--provider-opt 'env_vars={a: 1}': the value is not valid JSON",))
 
 

@@ -128,7 +128,12 @@ def agent_name_of(agent: Any) -> str:
 
 
 def redacted_config(config: dict[str, Any] | None) -> dict[str, Any]:
-    """For the manifest: a literal key is never written (its variable's name is)."""
-    secret_words = ("key", "token", "secret", "password")
-    return {k: ("***" if k != API_KEY_ENV and any(w in k.lower() for w in secret_words)
-                else v) for k, v in (config or {}).items()}
+    """For the manifest: secrets masked at any depth; `api_key_env` names a variable, so
+    its value (the name, not the key) is kept."""
+    from hud_ray.redact import redacted
+
+    config = config or {}
+    masked = redacted({k: v for k, v in config.items() if k != API_KEY_ENV})
+    if API_KEY_ENV in config:
+        masked[API_KEY_ENV] = config[API_KEY_ENV]
+    return masked

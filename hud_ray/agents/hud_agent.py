@@ -43,7 +43,7 @@ import contextlib
 from typing import Any
 
 from hud_ray.agents import AgentSpecError, Session, _import_module
-from hud_ray.wire import WireError, open_stream, parse_url, splice
+from hud_ray.wire import WireError, open_stream, parse_url, splice, uses_tls
 
 SPEC_PREFIX = "hud:"
 TUNNEL_DRAIN_S = 1.0
@@ -274,6 +274,7 @@ class _Gateway:
 
     def __init__(self, url: str, preamble: bytes | None) -> None:
         self.host, self.port = parse_url(url)
+        self.tls = uses_tls(url)
         self._preamble = preamble
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
@@ -290,7 +291,8 @@ class _Gateway:
             task.add_done_callback(self._conns.discard)
         try:
             try:
-                remote = await open_stream(self.host, self.port, preamble=self._preamble)
+                remote = await open_stream(self.host, self.port, preamble=self._preamble,
+                                           tls=self.tls)
             except WireError:
                 writer.close()  # hud's client sees EOF: "not ready" / a failed tunnel
                 return

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC
@@ -49,6 +50,7 @@ class AccessMixin:
     _call: Callable[..., Awaitable[Any]]
     _client: Callable[[], Any]
     _find_by_name: Callable[[Any, str], Awaitable[Any]]
+    _gateway_keys: list[Any] | None
 
     async def ready(self, handle: SandboxHandle, timeout_s: float) -> Endpoint:
         o = self.options
@@ -144,17 +146,62 @@ class AccessMixin:
             live.token_expires_at = expires.timestamp()
         import asyncssh
 
+        known_hosts, source = await self._host_key_check()
         try:
             return await Tunnel.open(
-                live.target, o.port, known_hosts=o.known_hosts,
+                live.target, o.port, known_hosts=known_hosts,
                 connect_timeout_s=min(o.ssh_connect_timeout_s, timeout_s),
                 keepalive_s=o.ssh_keepalive_s,
             )
         except asyncssh.HostKeyNotVerifiable as exc:
             raise ProviderConfigError(
                 f"provider 'daytona': SSH gateway {live.target.host}:{live.target.port} host key "
-                f"does not match option known_hosts={o.known_hosts!r}: {exc}"
+                f"does not match {source}: {exc} (refusing to send the access token to it)"
             ) from None
+
+    async def _host_key_check(self) -> tuple[Any, str]:
+        """What asyncssh checks the gateway's host key against, and its name for errors:
+        the known_hosts file if given; else the keys the Daytona API reports (fetched over
+        its TLS, once per instance); no check only when the user chose accept-any. Without
+        either, refuse: the SSH username is the access token, a forged gateway would get it."""
+        o = self.options
+        if o.known_hosts:
+            return o.known_hosts, f"option known_hosts={o.known_hosts!r}"
+        if o.host_key_policy == "accept-any":
+            return None, "nothing (host_key_policy=accept-any)"
+        if self._gateway_keys is None:
+            self._gateway_keys = await self._fetch_gateway_keys()
+        if not self._gateway_keys:
+            raise ProviderConfigError(
+                f"provider 'daytona': cannot verify the SSH gateway's host key: the API at "
+                f"{o.api_url or 'the default URL'} reports none (GET /config sshGatewayHostKeys) "
+                "and option known_hosts is not set; the SSH username is your access token, so "
+                "hud-ray will not connect unverified — set --provider-opt known_hosts=FILE, or "
+                "--provider-opt host_key_policy=accept-any to accept any key"
+            )
+        return (self._gateway_keys, [], []), "the host keys the Daytona API reports"
+
+    async def _fetch_gateway_keys(self) -> list[Any]:
+        import asyncssh
+
+        api = getattr(self._client(), "_config_api", None)  # the SDK's own ConfigApi
+        if api is None:
+            return []
+        response = await self._call(
+            "read the SSH gateway's host keys",
+            lambda: api.config_controller_get_config_without_preload_content(),
+        )
+        if response.status >= 500:
+            raise SandboxError(f"provider 'daytona': GET /config answered {response.status}")
+        try:
+            lines = json.loads(await response.read() or b"{}").get("sshGatewayHostKeys") or []
+        except (ValueError, AttributeError):
+            return []
+        keys = []
+        for line in lines:
+            with contextlib.suppress(asyncssh.KeyImportError, ValueError, TypeError):
+                keys.append(asyncssh.import_public_key(line))
+        return keys
 
     async def _fail_if_server_exited(self, live: Live, last_error: BaseException | None) -> None:
         code = None

@@ -9,12 +9,13 @@ it never shows in a repr, a log line or a result row.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import math
 import os
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -33,6 +34,40 @@ DEFAULT_COMMAND = (
 # Keeps the image's own CMD (often `hud serve ... --host 0.0.0.0`) from starting a second,
 # exposed server: ours is started in a session, bound to loopback.
 DEFAULT_ENTRYPOINT = ["sleep", "infinity"]
+
+
+def all_interfaces_address(command: str) -> str | None:
+    """The first address in `command` that means "every interface" (0.0.0.0, ::, [::],
+    0:0:0:0:0:0:0:0, with or without a :port, as a word or after `=`), else None.
+    Parsed as addresses, not matched as text: `::` and `[::]:8765` are caught, `10.0.0.01`
+    or a path containing "0.0.0.0" are not mistaken for one."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        words = command.split()
+    for word in words:
+        for candidate in _address_candidates(word):
+            try:
+                if ipaddress.ip_address(candidate).is_unspecified:
+                    return word
+            except ValueError:
+                continue
+    return None
+
+
+def _address_candidates(word: str) -> list[str]:
+    """`word` itself, its value after `=` (`--host=::`), and either without a :port."""
+    values = [word, word.rpartition("=")[2]]
+    out = []
+    for value in values:
+        value = value.strip(";&|()'\"")
+        out.append(value.strip("[]"))
+        if value.startswith("[") and "]:" in value:  # [::]:8765
+            out.append(value[1:value.index("]:")])
+        host, sep, port = value.rpartition(":")
+        if sep and (port.isdigit() or port == "{port}") and ":" not in host:  # 0.0.0.0:8765
+            out.append(host)
+    return out
 
 
 def _env(name: str) -> str | None:
@@ -110,7 +145,12 @@ class DaytonaOptions(BaseModel):
 
     # --- SSH tunnel -------------------------------------------------------------------
     known_hosts: str | None = Field(
-        None, description="known_hosts file for the SSH gateway; unset = accept and record its key"
+        None, description="known_hosts file for the SSH gateway (wins over host_key_policy)"
+    )
+    host_key_policy: Literal["pinned", "accept-any"] = Field(
+        "pinned", description="pinned: trust only the gateway host keys the Daytona API reports "
+        "(GET /config, over its TLS), refuse to connect if it reports none; accept-any: "
+        "accept and record any key (the SSH username is the access token: opt in knowingly)",
     )
     ssh_token_minutes: int = Field(60, ge=1)
     ssh_token_refresh_margin_s: float = Field(120.0, ge=0)
@@ -134,9 +174,11 @@ class DaytonaOptions(BaseModel):
             raise ValueError(
                 "must contain {port}: the same port setting feeds the command and the SSH forward"
             )
-        if "0.0.0.0" in value:
+        exposed = all_interfaces_address(value)
+        if exposed is not None:
             raise ValueError(
-                "must not bind 0.0.0.0: bind 127.0.0.1, the SSH forward is the only ingress"
+                f"must not bind {exposed} (every interface): bind 127.0.0.1, the SSH forward "
+                "is the only ingress"
             )
         try:
             value.format(port=DEFAULT_PORT, env_name="env")

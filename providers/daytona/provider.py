@@ -56,6 +56,7 @@ class DaytonaProvider(AccessMixin, LifecycleMixin, Provider):
         self._sdk: Any = None
         self._sdk_loop: asyncio.AbstractEventLoop | None = None
         self._live: dict[str, Live] = {}
+        self._gateway_keys: list[Any] | None = None  # pinned SSH host keys, from the API
         self._background: set[asyncio.Task[Any]] = set()
 
     # --- plan time -------------------------------------------------------------------

@@ -150,8 +150,8 @@ class Tunnel:
             if known_hosts is None and (target.host, target.port) not in _warned_hosts:
                 _warned_hosts.add((target.host, target.port))
                 log.warning(
-                    "daytona: SSH gateway %s:%d host key not verified (no known_hosts option); "
-                    "accepted %s", target.host, target.port, fingerprint,
+                    "daytona: SSH gateway %s:%d host key not verified (host_key_policy="
+                    "accept-any); accepted %s", target.host, target.port, fingerprint,
                 )
             listener = await conn.forward_local_port("127.0.0.1", 0, "127.0.0.1", remote_port)
         except BaseException:

@@ -67,6 +67,11 @@ class DockerProvider(Provider):
             images.ensure(self.daemon, self.options.image, self.options.pull,
                           self.options.build_args)
 
+    def check_credentials(self) -> None:
+        """The daemon answers (`reap` without --provider skips a machine without one)."""
+        load_aiodocker()
+        self.daemon.ping()
+
     def check_spec(self, spec: SandboxSpec) -> None:
         super().check_spec(spec)
         ref = spec.image or self.options.image

@@ -5,10 +5,12 @@ Nothing here touches the network or imports the SDK, so it is cheap to validate 
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import os
 import re
 import shlex
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -23,6 +25,8 @@ MIN_TIMEOUT_S = 10
 MAX_ARGV_BYTES = 2**16
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+# Comma-separated CIDRs of the cluster's egress (the workers' public addresses), if known.
+EGRESS_CIDRS_ENV = "HUD_RAY_EGRESS_CIDRS"
 DEFAULT_COMMAND = "python -m hud.environment.server env.py --host 127.0.0.1 --port {port}"
 
 
@@ -42,7 +46,11 @@ class ModalOptions(BaseModel):
     command: str = Field(DEFAULT_COMMAND, description="env server argv inside the sandbox; "
                          "{port} is filled by the gate, {env_name} from the task")
     python: str = Field("python3", description="interpreter in the image that runs the gate")
-    gate_port: int = Field(8765, ge=1, le=65535, description="public (unencrypted) port")
+    gate_port: int = Field(8765, ge=1, le=65535, description="the gate's port in the sandbox")
+    transport: Literal["tls", "tcp"] = Field(
+        "tls", description="tls: the gate port is an encrypted_ports tunnel (Modal terminates "
+        "TLS with a public certificate, verified here), so the gate secret never crosses the "
+        "internet in clear; tcp: an unencrypted_ports tunnel (a raw TCP relay)")
     inner_port: int = Field(0, ge=0, le=65535, description="env server port on 127.0.0.1; "
                             "0 = let it pick and read its HUD_SERVE_PORT= line")
     workdir: str | None = None
@@ -50,7 +58,8 @@ class ModalOptions(BaseModel):
     secrets: list[str] = Field(default_factory=list, description="named Modal secrets to attach")
     region: str | None = None
     inbound_cidr_allowlist: list[str] | None = Field(
-        None, description="CIDRs allowed to reach the gate port (defence in depth)")
+        None, description="CIDRs allowed to reach the gate port (defence in depth); default: "
+        f"${EGRESS_CIDRS_ENV} (comma-separated), the cluster's egress addresses when known")
     retries: int = Field(4, ge=0, description="retries of a transient SDK error per call")
     backoff_s: float = Field(1.0, gt=0)
     backoff_max_s: float = Field(20.0, gt=0)
@@ -84,11 +93,35 @@ class ModalOptions(BaseModel):
             raise ValueError("must not be empty")
         return value
 
+    @field_validator("inbound_cidr_allowlist")
+    @classmethod
+    def _cidrs(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [_cidr(v) for v in value]
+
+    @model_validator(mode="after")
+    def _egress_default(self) -> ModalOptions:
+        # The callers' (Ray workers') public addresses are known only to whoever runs the
+        # cluster (a static NAT); declared once, they close the gate port to everyone else.
+        declared = os.environ.get(EGRESS_CIDRS_ENV, "").strip()
+        if self.inbound_cidr_allowlist is None and declared:
+            try:
+                self.inbound_cidr_allowlist = [_cidr(v) for v in declared.split(",") if v.strip()]
+            except ValueError as exc:
+                raise ValueError(f"${EGRESS_CIDRS_ENV}: {exc}") from None
+        return self
+
     @model_validator(mode="after")
     def _ports(self) -> ModalOptions:
         if self.inner_port == self.gate_port:
             raise ValueError(f"inner_port and gate_port are both {self.gate_port}")
         return self
+
+
+def _cidr(text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(text.strip(), strict=False))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a CIDR (e.g. 203.0.113.7/32)") from None
 
 
 def timeout_s(spec: SandboxSpec) -> int:

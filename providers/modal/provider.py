@@ -16,7 +16,7 @@ from ..base import Capabilities, Endpoint, Provider, SandboxHandle, SandboxSpec,
 from ..errors import CreateError, NotReadyError
 from . import options as opts
 from .options import ModalOptions
-from .sdk import Policy, check_credentials, load_sdk
+from .sdk import Policy, check_credentials, check_reachable, load_sdk
 
 GONE = ("NotFoundError",)
 
@@ -129,7 +129,12 @@ class ModalProvider(Provider):
     # --- plan time -----------------------------------------------------------------
     def check_config(self) -> None:
         if self.options.sdk is None:  # a stand-in SDK (the fake) brings its own auth
-            check_credentials()
+            check_credentials()  # offline: before the task scan
+
+    def check_credentials(self) -> None:
+        self.check_config()
+        if self.options.sdk is None:
+            check_reachable()  # one TCP connect: after everything offline has passed
 
     def check_spec(self, spec: SandboxSpec) -> None:
         super().check_spec(spec)
@@ -147,7 +152,8 @@ class ModalProvider(Provider):
             app=app, image=image, name=spec.name, tags=dict(labels),
             env={**o.env, **spec.env_vars},
             secrets=[sdk.Secret.from_dict({gate.SECRET_ENV: secret}), *named],
-            timeout=opts.timeout_s(spec), unencrypted_ports=[o.gate_port],
+            timeout=opts.timeout_s(spec),
+            **{"encrypted_ports" if o.transport == "tls" else "unencrypted_ports": [o.gate_port]},
             **opts.resources(spec),
         )
         for key in ("workdir", "region", "inbound_cidr_allowlist"):
@@ -209,7 +215,7 @@ class ModalProvider(Provider):
         host, port = await self._tunnel(sb, handle, deadline, budget)
         preamble = gate.frame(secret)
         await self._hello(sb, handle, host, port, preamble, deadline, budget)
-        return Endpoint(url=f"tcp://{host}:{port}", preamble=preamble)
+        return Endpoint(url=f"{self.options.transport}://{host}:{port}", preamble=preamble)
 
     async def _tunnel(self, sb: Any, handle: SandboxHandle, deadline: float,
                       budget: float) -> tuple[str, int]:
@@ -232,7 +238,8 @@ class ModalProvider(Provider):
         if port not in found:
             raise NotReadyError(f"sandbox {handle.sandbox_id} has no tunnel for port {port} "
                                 f"(tunnels: {sorted(found)})")
-        return found[port].tcp_socket
+        tunnel = found[port]
+        return tunnel.tls_socket if self.options.transport == "tls" else tunnel.tcp_socket
 
     async def _hello(self, sb: Any, handle: SandboxHandle, host: str, port: int,
                      preamble: bytes, deadline: float, budget: float) -> None:
@@ -240,7 +247,9 @@ class ModalProvider(Provider):
         pause = 0.1
         while (left := deadline - time.monotonic()) > 0:
             try:
-                await probe.hello(host, port, preamble, min(5.0, left))
+                await probe.hello(host, port, preamble, min(5.0, left),
+                                  tls=probe.tls_context() if self.options.transport == "tls"
+                                  else None)
                 return
             except probe.WrongAnswer as exc:
                 raise NotReadyError(f"sandbox {handle.sandbox_id}: {exc}") from None

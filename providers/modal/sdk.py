@@ -18,7 +18,10 @@ import asyncio
 import importlib
 import os
 import random
+import socket
+import threading
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -63,26 +66,36 @@ def load_sdk(spec: Any) -> Any:
         ) from None
 
 
+def _modal_config() -> Any:
+    try:
+        from modal import config as modal_config
+    except ImportError:
+        return None  # load_sdk names the missing extra
+    return modal_config
+
+
+def _setting(modal_config: Any, key: str) -> Any:
+    try:
+        return modal_config.config.get(key)
+    except KeyError:  # a setting this SDK version does not have
+        return None
+
+
 def check_credentials() -> None:
     """Offline: does the real SDK have credentials (env vars, else the active profile of
     ~/.modal.toml)? Without them a run stops at plan time, naming the variables, instead
     of failing the first create in every worker. Inside a Modal container the SDK
     authenticates itself; OAuth settings are the SDK's to validate."""
-    try:
-        from modal import config as modal_config
-    except ImportError:
-        return  # load_sdk names the missing extra
-    def setting(key: str) -> Any:
-        try:
-            return modal_config.config.get(key)
-        except KeyError:  # a setting this SDK version does not have
-            return None
-
-    if getattr(modal_config, "_is_remote", lambda: False)() or any(setting(k) for k in (
+    modal_config = _modal_config()
+    if modal_config is None:
+        return
+    if getattr(modal_config, "_is_remote", lambda: False)() or any(
+            _setting(modal_config, k) for k in (
             "oauth_refresh_token", "oauth_client_id", "oauth_client_secret", "oauth_jwt_key")):
         return
     missing = [var for var, key in (("MODAL_TOKEN_ID", "token_id"),
-                                    ("MODAL_TOKEN_SECRET", "token_secret")) if not setting(key)]
+                                    ("MODAL_TOKEN_SECRET", "token_secret"))
+               if not _setting(modal_config, key)]
     if missing:
         profile = getattr(modal_config, "_profile", "default")
         where = getattr(modal_config, "user_config_path", "~/.modal.toml")
@@ -90,6 +103,56 @@ def check_credentials() -> None:
             f"provider 'modal': no credentials: {' and '.join(missing)} not set (nor in "
             f"profile {profile!r} of {where}) — {CREDENTIALS_HINT}"
         )
+
+
+# A TCP connect to the API takes one round trip; the SDK itself retries an unreachable
+# server for minutes with no message.
+REACH_TIMEOUT_S = 5.0
+
+
+def check_reachable(timeout_s: float = REACH_TIMEOUT_S) -> None:
+    """Credentials are no use if the API does not answer: connect (TCP only, no request,
+    nothing sent) to the SDK's server URL(s); if none answers within `timeout_s`, fail
+    naming them, in seconds, instead of a run hanging on its first create."""
+    modal_config = _modal_config()
+    if modal_config is None or getattr(modal_config, "_is_remote", lambda: False)():
+        return
+    urls = [u.strip() for u in str(_setting(modal_config, "server_url") or "").split(",")
+            if u.strip()]
+    failures: list[str] = []
+    for url in urls:
+        problem = _tcp_problem(url, timeout_s)
+        if problem is None:
+            return
+        failures.append(f"{url} ({problem})")
+    if failures:
+        raise ProviderConfigError(
+            f"provider 'modal': cannot reach the Modal API at {'; '.join(failures)} — check "
+            "the network, a firewall or proxy, and MODAL_SERVER_URL")
+
+
+def _tcp_problem(url: str, timeout_s: float) -> str | None:
+    """None if `url`'s host:port accepts a TCP connection within `timeout_s`, else why not.
+    Runs in a thread so a slow DNS lookup is bounded by the same timeout."""
+    parts = urllib.parse.urlsplit(url if "://" in url else f"https://{url}")
+    host = parts.hostname or ""
+    try:
+        port = parts.port or (80 if parts.scheme in ("http", "grpc") else 443)
+    except ValueError as exc:
+        return f"bad URL: {exc}"
+    outcome: list[str | None] = []
+
+    def dial() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(exc.strerror or str(exc) or type(exc).__name__)
+
+    thread = threading.Thread(target=dial, daemon=True, name="modal-reach")
+    thread.start()
+    thread.join(timeout_s)
+    return outcome[0] if outcome else f"no answer within {timeout_s:.0f} s"
 
 
 class Policy:

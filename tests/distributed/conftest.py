@@ -38,11 +38,16 @@ def wait_for(predicate: Callable[[], object], timeout_s: float, what: str) -> ob
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
-def cli(*args: str, env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
-    """Start `hud-ray ...` as a separate driver process (its own Ray)."""
+def cli(*args: str, env: dict[str, str | None] | None = None, **kw) -> subprocess.Popen:
+    """Start `hud-ray ...` as a separate driver process (its own Ray); an `env` value of
+    None removes that variable."""
     full_env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     full_env.pop("RAY_ADDRESS", None)  # a driver of its own, unless env says otherwise
-    full_env.update(env or {})
+    for key, value in (env or {}).items():
+        if value is None:
+            full_env.pop(key, None)
+        else:
+            full_env[key] = value
     return subprocess.Popen(
         [sys.executable, "-m", "hud_ray.cli", *args], env=full_env, cwd=kw.pop("cwd", REPO),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kw,

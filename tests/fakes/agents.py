@@ -27,3 +27,8 @@ async def blocking_agent(session):
     if session.task.id == "riddle":
         time.sleep(3600)  # noqa: ASYNC251 - blocking the loop is the point
     return await rule_agent(session)
+
+
+async def set_answer_agent(session):
+    """Answers with a set: not JSON, so the answer itself is the agent's error."""
+    return {"a", "b"}

@@ -57,6 +57,16 @@ class HttpFault:
     message: str
 
 
+class _Json:
+    """A plain JSON payload for the handler (which serialises SDK models by to_json)."""
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+    def to_json(self) -> str:
+        return json.dumps(self.data)
+
+
 class FakeDaytona:
     def __init__(self, *, api_key: str = "fake-key", env_file: str | Path = DEMO_ENV,
                  port: int = 0) -> None:
@@ -75,6 +85,8 @@ class FakeDaytona:
         self.snapshot_build_polls = 0
         self.server_exit_code: int | None = None
         self.token_ttl_s: float | None = None
+        # GET /config's sshGatewayHostKeys: None = the gateway's real key; a list = these.
+        self.reported_host_keys: list[str] | None = None
         self.gateway = SshGateway(self._authorize, self._port_for)
         self._lock = threading.RLock()
         self._stopping = threading.Event()
@@ -264,6 +276,13 @@ class FakeDaytona:
             if sandbox is None:
                 return 404, "sandbox not found", {}
             return (*self._toolbox(method, sandbox, m.group(2), data), {})
+        if path == "/config" and method == "GET":  # what the real API reports (subset)
+            keys = self.reported_host_keys
+            if keys is None:
+                keys = [self.gateway.host_key.export_public_key("openssh").decode().strip()]
+            return 200, _Json({"version": "fake", "sshGatewayHost": "127.0.0.1",
+                               "sshGatewayPort": self.gateway.port,
+                               "sshGatewayHostKeys": keys}), {}
         if path == "/sandbox" and method == "POST":
             return (*self._create(data), {})
         if path == "/sandbox" and method == "GET":

@@ -45,8 +45,11 @@ from tests.fakes.modal_fake_state import (  # noqa: F401 - the fake's public tes
     set_faults,
     state_dir,
 )
+from tests.fakes.tls_cert import ensure_cert
 
 SDK = "tests.fakes.modal_fake:sdk"
+# The fake's TLS edge presents a self-signed certificate: trust it, as a test CA.
+os.environ.setdefault("HUD_RAY_TLS_CA_FILE", ensure_cert()[0])
 DEMO_COMMAND = "python -m hud_ray.envkit examples/demo/env.py --host 127.0.0.1 --port {port}"
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,63}$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -205,7 +208,8 @@ async def _create(*args: str, app: Any = None, name: str | None = None,
                   tags: dict[str, str] | None = None, image: Any = None,
                   env: dict[str, str | None] | None = None, secrets: Any = None,
                   timeout: int | None = 300, workdir: str | None = None,  # noqa: ASYNC109 - Modal's keyword
-                  unencrypted_ports: Any = (), **other: Any) -> _Sandbox:
+                  unencrypted_ports: Any = (), encrypted_ports: Any = (),
+                  **other: Any) -> _Sandbox:
     st.raise_fault("create")
     _validate(args, name, timeout, workdir, env, app)
     if image is not None and image.kind == "id" and not st.path("images", f"{image.object_id}.json").exists():
@@ -214,6 +218,9 @@ async def _create(*args: str, app: Any = None, name: str | None = None,
     if name:
         st.claim(app.app_id, name, sandbox_id)
     argv, gate_port = st.netns(list(args))
+    if gate_port is not None and gate_port in list(encrypted_ports):
+        # Modal terminates TLS in front of an encrypted port: so does the fake's edge.
+        argv = [sys.executable, "-m", "tests.fakes.tls_edge", "--", *argv]
     run_env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8",
                "PYTHONPATH": str(st.REPO), "PYTHONUNBUFFERED": "1"}
@@ -223,7 +230,8 @@ async def _create(*args: str, app: Any = None, name: str | None = None,
     rec: dict[str, Any] = {
         "sandbox_id": sandbox_id, "app_id": app.app_id, "name": name or "", "tags": tags or {},
         "created_at": time.time(), "timeout": timeout, "gate_port": gate_port,
-        "ports": list(unencrypted_ports), "image_id": getattr(image, "object_id", None),
+        "ports": list(unencrypted_ports), "tls_ports": list(encrypted_ports),
+        "image_id": getattr(image, "object_id", None),
         "workdir": workdir, "env_keys": sorted(run_env), "returncode": None,
         "options": {k: v for k, v in other.items() if isinstance(v, str | int | float | list)},
     }
@@ -274,7 +282,12 @@ class _Sandbox:
             rec = self._rec()
             if not st.alive(rec):
                 raise exception.SandboxTerminatedError(f"Sandbox {self.object_id} has finished")
-            port = None if st.fault("tunnels") == "never" else st.published_port(self.object_id)
+            never = st.fault("tunnels") == "never"
+            if rec["gate_port"] in rec.get("tls_ports", []):
+                edge = None if never else st.published_port(self.object_id, st.EDGE_PORT_LINE)
+                if edge:  # the host name the fake's certificate is for
+                    return {rec["gate_port"]: modal.Tunnel("localhost", edge, None, None)}
+            port = None if never else st.published_port(self.object_id)
             if port and rec["gate_port"] in rec["ports"]:
                 return {rec["gate_port"]: modal.Tunnel("127.0.0.1", port, "127.0.0.1", port)}
             await asyncio.sleep(0.02)

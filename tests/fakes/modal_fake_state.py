@@ -30,6 +30,7 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[2]
 GATE_PORT_LINE = "HUD_RAY_GATE_PORT="
+EDGE_PORT_LINE = "HUD_RAY_TLS_EDGE_PORT="  # tests/fakes/tls_edge.py, for encrypted ports
 PROCS: dict[str, subprocess.Popen] = {}  # sandboxes this process started (reaps zombies)
 
 
@@ -230,11 +231,11 @@ def expire(sandbox_id: str) -> None:
         alive(rec)
 
 
-def published_port(sandbox_id: str) -> int | None:
+def published_port(sandbox_id: str, marker: str = GATE_PORT_LINE) -> int | None:
     with contextlib.suppress(OSError):
         for line in path("sandboxes", f"{sandbox_id}.out").read_text().splitlines():
-            if line.startswith(GATE_PORT_LINE) and line[len(GATE_PORT_LINE):].isdigit():
-                return int(line[len(GATE_PORT_LINE):])
+            if line.startswith(marker) and line[len(marker):].isdigit():
+                return int(line[len(marker):])
     return None
 
 

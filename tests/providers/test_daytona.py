@@ -311,7 +311,7 @@ def test_destroy_is_idempotent_and_survives_cancellation(fake: FakeDaytona) -> N
     assert len(fake.deleted) == 1 and fake.server_pids() == []
 
 
-def test_host_key_recorded_without_known_hosts_and_checked_with_it(
+def test_host_key_pinned_from_the_api_checked_with_known_hosts_or_accepted_on_request(
     fake: FakeDaytona, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     good = tmp_path / "known_hosts"
@@ -331,14 +331,24 @@ def test_host_key_recorded_without_known_hosts_and_checked_with_it(
             await provider.close()
 
     with caplog.at_level(logging.WARNING, logger="providers.daytona"):
-        unverified = run(attempt())
-    assert unverified.data["ssh_host_key_fingerprint"] == fake.gateway.fingerprint
+        pinned = run(attempt())  # the default: the key the API reports (GET /config)
+        assert pinned.data["ssh_host_key_fingerprint"] == fake.gateway.fingerprint
+        assert not [r for r in caplog.records if "not verified" in r.getMessage()]
+        accepted = run(attempt(host_key_policy="accept-any"))
+    assert accepted.data["ssh_host_key_fingerprint"] == fake.gateway.fingerprint
     warnings = [r for r in caplog.records if "host key not verified" in r.getMessage()]
     assert len(warnings) == 1 and fake.gateway.fingerprint in warnings[0].getMessage()
     verified = run(attempt(known_hosts=str(good)))
     assert verified.data["ssh_host_key_fingerprint"] == fake.gateway.fingerprint
-    with pytest.raises(ProviderConfigError, match="known_hosts"):
+    with pytest.raises(ProviderConfigError, match="does not match option known_hosts"):
         run(attempt(known_hosts=str(bad)))
+    fake.reported_host_keys = [other_key.decode().strip()]  # a forged gateway, as it were
+    with pytest.raises(ProviderConfigError, match="does not match the host keys the Daytona API"):
+        run(attempt())
+    fake.reported_host_keys = []  # an API that reports none: a loud refusal, no token sent
+    with pytest.raises(ProviderConfigError, match="cannot verify the SSH gateway's host key") as e:
+        run(attempt())
+    assert "host_key_policy=accept-any" in str(e.value) and "known_hosts=FILE" in str(e.value)
     assert fake.live() == []
 
 

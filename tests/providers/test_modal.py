@@ -107,7 +107,8 @@ def test_rollouts_ok_through_the_gate_and_no_sandbox_left():
         rec = by_name[sandbox_name("modal-fake", key, 1)]
         assert rec["tags"][LABEL_RUN] == "modal-fake" and rec["tags"]["hud-ray-rollout"] == key
         assert rec["timeout"] == 60 + config.teardown_timeout_s
-        assert rec["ports"] == [8765] and rec["gate_port"] == 8765
+        # The default transport: an encrypted (TLS) tunnel, nothing in clear.
+        assert rec["tls_ports"] == [8765] and rec["ports"] == [] and rec["gate_port"] == 8765
         assert SECRET_ENV in rec["env_keys"]
     # Once per process: one app lookup, one image build, for six concurrent rollouts.
     assert len(calls("App.lookup")) == 1

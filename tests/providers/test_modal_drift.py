@@ -56,6 +56,11 @@ async def _exercise_every_path() -> None:
     again = await _provider(image="python:3.11-slim").create(
         SandboxSpec(name="hudray-drift-orphan"), {})
     await r.destroy(again)
+    # The clear-text transport (transport=tcp): an unencrypted_ports tunnel.
+    tcp = _provider(image="python:3.11-slim", transport="tcp")
+    plain = await tcp.create(SandboxSpec(name="hudray-drift-tcp"), {})
+    assert (await tcp.ready(plain, 20)).url.startswith("tcp://")
+    await tcp.destroy(plain)
     # Diagnostics of a sandbox that exited: poll + stdout/stderr read.
     dying = _provider(image="python:3.11-slim", command="python -c 'raise SystemExit(4)'")
     h = await dying.create(SandboxSpec(name="hudray-drift-dies"), {})
@@ -99,8 +104,8 @@ def test_sandbox_create_keywords_cover_every_option(recorded):
     creates = [set(c["kwargs"]) for c in recorded if c["call"] == "Sandbox.create"]
     used = set().union(*creates)
     assert used == {"app", "image", "name", "tags", "env", "secrets", "timeout",
-                    "unencrypted_ports", "cpu", "memory", "gpu", "workdir", "region",
-                    "inbound_cidr_allowlist"}
+                    "encrypted_ports", "unencrypted_ports", "cpu", "memory", "gpu", "workdir",
+                    "region", "inbound_cidr_allowlist"}
     assert all("timeout" in c for c in creates)  # never Modal's 300 s default
     assert inspect.signature(modal.Sandbox.create).parameters["timeout"].default == 300
 
