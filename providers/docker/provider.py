@@ -20,7 +20,14 @@ from typing import Any
 
 from .. import probe
 from ..base import Capabilities, Endpoint, Provider, SandboxHandle, SandboxSpec, shielded
-from ..errors import CreateError, NotReadyError, ProviderConfigError, UnsupportedSpecError
+from ..env_server import start_failure_summary
+from ..errors import (
+    CreateError,
+    EnvStartError,
+    NotReadyError,
+    ProviderConfigError,
+    UnsupportedSpecError,
+)
 from . import images, owners
 from .client import DockerClient, is_missing_image, is_name_conflict, load_aiodocker
 from .daemon import Daemon
@@ -157,7 +164,9 @@ class DockerProvider(Provider):
                 return await self._hello(handle, port, deadline)
         except TimeoutError:
             tail = await self._tail(handle)
-            raise NotReadyError(f"container {handle.name} never answered hello within "
+            # Still running, yet not serving after the whole startup budget: the env's own
+            # start-up hangs (an exit or a dead daemon raised earlier).
+            raise EnvStartError(f"container {handle.name} never answered hello within "
                                 f"{timeout_s:.1f}s; last output:\n{tail}") from None
 
     async def _server_port(self, handle: SandboxHandle) -> int:
@@ -204,7 +213,15 @@ class DockerProvider(Provider):
                                       fail=NotReadyError)
         state = info.get("State") or {}
         if not state.get("Running"):
-            raise NotReadyError(await self._exit_message(handle, state, when))
+            message = await self._exit_message(handle, state, when)
+            code = state.get("ExitCode")
+            if not state.get("OOMKilled") and isinstance(code, int) and 0 < code < 128:
+                # It exited by itself before serving (an import error, a bad command, a
+                # fixed port taken): every container of this image would.
+                tail = message.split("last output:\n", 1)[-1]
+                raise EnvStartError(f"env server failed to start: "
+                                    f"{start_failure_summary(tail)} ({message})")
+            raise NotReadyError(message)  # killed from outside (OOM, SIGKILL): retried
         return info
 
     async def destroy(self, handle: SandboxHandle) -> None:

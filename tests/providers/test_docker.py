@@ -18,6 +18,7 @@ from providers import (
     LABEL_OWNER,
     LABEL_ROLLOUT,
     LABEL_RUN,
+    EnvStartError,
     NotReadyError,
     ProviderConfigError,
     Resources,
@@ -105,11 +106,14 @@ def test_resources_reach_the_container(image, run_id):
     assert containers({LABEL_RUN: run_id}) == []
 
 
-def _fails_ready(provider, spec, run_id, timeout_s=30.0) -> str:
+def _fails_ready(provider, spec, run_id, timeout_s=30.0, error=EnvStartError) -> str:
+    """The message `ready` fails with: EnvStartError (env_error, never retried) when the
+    env itself exits or never serves, NotReadyError (infra_error, retried) when it is
+    killed from outside."""
     async def main():
         handle = await provider.create(spec, _labels(run_id))
         try:
-            with pytest.raises(NotReadyError) as err:
+            with pytest.raises(error) as err:
                 await provider.ready(handle, timeout_s)
             return str(err.value)
         finally:
@@ -138,7 +142,8 @@ def test_server_that_never_says_hello_fails_within_the_budget(image, run_id):
 def test_oom_is_named_with_exit_137(image, run_id):
     command = "python3 -c \"x = bytearray(400 * 1024 * 1024); print('allocated')\""
     provider = get_provider("docker", image=image, command=command)
-    message = _fails_ready(provider, _spec(resources=Resources(memory_mb=48)), run_id)
+    message = _fails_ready(provider, _spec(resources=Resources(memory_mb=48)), run_id,
+                           error=NotReadyError)
     assert "OOM-killed (exit 137)" in message, message
 
 
@@ -159,6 +164,8 @@ def test_an_env_that_fails_to_load_shows_its_error(tmp_path, run_id):
     command = "python3 -m hud_ray.envkit import_error.py --host {host} --port {port}"
     message = _fails_ready(get_provider("docker", image=tag, command=command), _spec(), run_id)
     assert "exited with code 2" in message and "envkit: cannot load" in message, message
+    assert message.startswith("env server failed to start: cannot load /app/import_error.py:4: "
+                              "RuntimeError: license server unreachable"), message
 
 
 # --- plan time: one clear error, before any container exists -----------------------------
