@@ -124,7 +124,8 @@ def template_lister(provider: Provider) -> Callable[[Task], set[str] | None] | N
     task (None: not knowable for that file); elsewhere None, and the sandbox says."""
     options = getattr(provider, "options", None)
     env_file = getattr(options, "env_file", None)
-    command = getattr(options, "command", "")
+    # The command the provider will run (local's default depends on the env file's server).
+    command = getattr(provider, "command", None) or getattr(options, "command", None) or ""
     if provider.name != "local" or not env_file or "hud_ray.envkit" not in command:
         return None
     by_name = "{env_name}" in command  # else envkit serves the file's only Environment

@@ -1,4 +1,5 @@
-"""`hud-ray report RUN_DIR`: counts by status, reward and pass@k by template, phase latency.
+"""`hud-ray report RUN_DIR`: counts by status, reward and pass@k by template, model and tool
+usage (calls, tokens, cost, tool errors) by template and variant, phase latency.
 
 Pure pyarrow + stdlib, so a report needs nothing beyond the core install.
 """
@@ -137,7 +138,22 @@ def _template_stats(variant: str, template: str, group: list[dict[str, Any]],
             "graded": len(graded), "failed": len(group) - len(graded),
             "mean_reward": sum(scored) / len(scored) if scored else None,
             "ci95": list(ci) if ci else None, "ci_method": method,
-            "graded_mean_reward": sum(graded) / len(graded) if graded else None, **passes}
+            "graded_mean_reward": sum(graded) / len(graded) if graded else None, **passes,
+            "usage": _usage(group)}
+
+
+def _usage(group: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the population's agents spent: model calls, tokens, cost, tool calls/errors.
+    Cost is NULL when any model call's model has no price (a partial sum understates)."""
+    def total(key: str) -> int:
+        return sum(r.get(key) or 0 for r in group)
+
+    tokens = total("prompt_tokens") + total("completion_tokens")
+    costs = [r.get("cost_usd") for r in group if (r.get("n_turns") or 0) > 0]
+    return {"model_calls": total("n_turns"), "tokens": tokens,
+            "tokens_per_rollout": tokens / len(group) if group else None,
+            "cost_usd": sum(costs) if costs and all(c is not None for c in costs) else None,
+            "tool_calls": total("n_tool_calls"), "tool_errors": total("n_tool_errors")}
 
 
 # Every line is one population (the rollouts of that template or variant): n, how many
@@ -181,6 +197,20 @@ def format_report(report: dict[str, Any], run_dir: str | Path | None = None) -> 
         table.append(([""] if has_variants else []) + [overall["template"], *_stats_cells(overall)])
     lines += _columns(table)
     lines.append(f"  ({LEGEND})")
+    used = [t for t in report["templates"] if t["usage"]["model_calls"] or t["usage"]["tool_calls"]]
+    if used:
+        lines.append("")
+        lines.append("model and tool usage:")
+        table = [(["variant"] if has_variants else []) + [
+            "template", "model calls", "tokens", "tokens/rollout", "cost $", "tool calls",
+            "tool errors"]]
+        for t in used:
+            u = t["usage"]
+            table.append(([t["variant"]] if has_variants else []) + [
+                t["template"], str(u["model_calls"]), str(u["tokens"]),
+                f"{u['tokens_per_rollout']:.0f}", _fmt_cost(u["cost_usd"]),
+                str(u["tool_calls"]), str(u["tool_errors"])])
+        lines += _columns(table)
     lines.append("")
     lines.append("phase latency (s):")
     lines += _columns([["phase", "p50", "p95"]] + [
@@ -190,6 +220,10 @@ def format_report(report: dict[str, Any], run_dir: str | Path | None = None) -> 
         lines.append("failures by class:")
         lines += [f"  {k}: {v}" for k, v in sorted(report["failures"].items())]
     return "\n".join(lines)
+
+
+def _fmt_cost(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _fmt_ci(ci: list[float] | None, method: str) -> str:

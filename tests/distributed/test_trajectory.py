@@ -123,3 +123,25 @@ def test_endpoint_down_is_an_agent_error_naming_it_without_retries(tmp_path):
     assert all(r["status"] == "agent_error" and r["attempts"] == 1 for r in rows), rows
     assert all(f"model endpoint http://127.0.0.1:{dead}/v1 (scripted-1): APIConnectionError"
                in r["error_message"] for r in rows), rows[0]["error_message"]
+
+
+def test_report_shows_tokens_cost_and_tool_errors_per_template(tmp_path):
+    from hud_ray.report import build_report, report_run
+
+    (tmp_path / "prices.yaml").write_text(PRICES)
+    with ScriptedModel(policy) as model:
+        rows = hud_ray_run(_tasks(tmp_path), "openai:scripted-1", tmp_path,
+                           *model_opts(model)[2:], "--provider-opt",
+                           f"env_file={HUD_ENVS / 'tools' / 'env.py'}",
+                           "--price-table", str(tmp_path / "prices.yaml"))
+    run_dir = tmp_path / rows[0]["run_id"]
+    report = build_report(read_results(run_dir))
+    usage = {t["template"]: t["usage"] for t in report["templates"]}
+    adds = [r for r in rows if r["template_id"] == "add"]
+    assert usage["add"]["tool_errors"] == 1  # the broken-JSON call
+    assert usage["add"]["model_calls"] == sum(r["n_turns"] for r in adds)
+    assert usage["add"]["tokens"] == sum(r["prompt_tokens"] + r["completion_tokens"]
+                                         for r in adds)
+    assert usage["add"]["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in adds))
+    text = report_run(run_dir)
+    assert "model and tool usage:" in text and "tool errors" in text
