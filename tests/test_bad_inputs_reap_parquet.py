@@ -58,6 +58,7 @@ def test_reap_without_a_provider_reaps_what_it_can_and_names_the_skipped(tmp_pat
     state = os.environ["HUD_RAY_STATE_DIR"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODAL_", "DAYTONA_"))}
     env.update(PYTHONPATH=str(REPO), HOME=str(tmp_path))  # no ~/.modal.toml either
+    env["DOCKER_HOST"] = "unix:///nonexistent/docker.sock"  # not this machine's daemon
     subprocess.run([sys.executable, "-c", LEAK_ONE, str(DEMO_ENV)], env=env, check=True,
                    timeout=60, capture_output=True)
     leaked = _envkit_pids(state)
@@ -94,6 +95,7 @@ def test_reap_all_goes_on_past_a_missing_provider(monkeypatch, capsys):
     monkeypatch.setitem(registry.BUILTIN, "ghost", ("providers.ghost", "GhostProvider", None))
     monkeypatch.delenv("MODAL_TOKEN_ID", raising=False)
     monkeypatch.delenv("DAYTONA_API_KEY", raising=False)
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
     assert cli.main(["reap", "--dry-run"]) == 0
     out, err = capsys.readouterr()
     assert "ghost: skipped (provider 'ghost' is not part of this install" in err

@@ -77,6 +77,7 @@ CALLABLES: dict[str, Any] = {
     "self._conn.is_closed": asyncssh.SSHClientConnection.is_closed,
     "self._conn.wait_closed": asyncssh.SSHClientConnection.wait_closed,
     "key.get_fingerprint": asyncssh.SSHKey.get_fingerprint,
+    "asyncssh.import_public_key": asyncssh.import_public_key,
 }
 # Receivers that hold SDK objects: a call on one of them must be in the tables above.
 SDK_RECEIVERS = ("client.", "sandbox.", "live.sandbox.", "process.", "target.", "conn.",
