@@ -27,9 +27,10 @@ def build_image(directory: str, tag: str | None = None,
         raise FileNotFoundError(f"image directory {directory!r} not found")
     imagedir.dockerfile(directory)
     args = dict(build_args or {})
-    tag = tag or imagedir.default_tag(directory, args)
+    say = on_line or (lambda line: print(line, file=sys.stderr, flush=True))
     daemon = Daemon(docker_host or default_docker_host())
     daemon.ping()
-    images.build(daemon, directory, tag, args,
-                 on_line or (lambda line: print(line, file=sys.stderr, flush=True)))
+    images.prepare(daemon, directory, args, say)  # the wheelhouse is part of the content
+    tag = tag or imagedir.default_tag(directory, args)
+    images.build(daemon, directory, tag, args, say)
     return tag

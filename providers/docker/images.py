@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from .. import imagedir
 from ..errors import ProviderConfigError
+from . import wheelhouse
 from .daemon import Daemon
 
 log = logging.getLogger("providers.docker")
@@ -37,6 +38,9 @@ def tag_for(ref: str, build_args: dict[str, str] | None = None) -> str:
 
 def ensure(daemon: Daemon, ref: str, pull: str, build_args: dict[str, str] | None = None) -> str:
     """Make `ref` runnable on the daemon (build a directory, pull a missing tag); its tag."""
+    if imagedir.is_image_dir(ref):
+        # Before the tag: the wheels are part of the content the tag hashes.
+        prepare(daemon, ref, dict(build_args or {}), lambda line: log.info("%s", line))
     tag = tag_for(ref, build_args)
     key = (daemon.docker_host, tag)
     if key in _PRESENT:
@@ -60,9 +64,18 @@ def ensure(daemon: Daemon, ref: str, pull: str, build_args: dict[str, str] | Non
     return tag
 
 
+def prepare(daemon: Daemon, directory: str, build_args: dict[str, str],
+            on_line: Callable[[str], None]) -> None:
+    """What the build context needs from the host before it is hashed or sent: the
+    offline wheelhouse, when the directory asks for one (wheelhouse.py)."""
+    wheelhouse.ensure(daemon, directory, build_args, on_line)
+
+
 def build(daemon: Daemon, directory: str, tag: str, build_args: dict[str, str],
           on_line: Callable[[str], None]) -> None:
-    """Build DIR's Dockerfile.hud (else Dockerfile) with its context staged with envkit."""
+    """Build DIR's Dockerfile.hud (else Dockerfile) with its context staged with envkit
+    (and its wheelhouse filled first, when it asks for one)."""
+    prepare(daemon, directory, build_args, on_line)
     dockerfile = imagedir.dockerfile(directory)
     daemon.build(imagedir.context_tar(directory), tag, dockerfile.name, build_args, on_line)
     _PRESENT.add((daemon.docker_host, tag))

@@ -1,0 +1,92 @@
+"""A hud env image on the docker provider: tests/fakes/hud_envs/tools (FastMCP tools, a raw
+`kv` capability) built offline by `hud-ray image build` (hud installed in the image from a
+host-made wheelhouse) and served by hud's own server in the container, run by `hud-ray run
+--provider docker` and by `hud-ray run --provider local`: the same reward per row, zero
+containers left. Skipped, with the reason, only when no Docker daemon answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from hud_ray.results import read_results
+from providers import LABEL_RUN
+from providers.docker import wheelhouse
+from tests.fakes.docker_daemon import BASE_IMAGE, containers, remove_all, require_daemon
+
+from .conftest import REPO, cli, kill_tree
+
+pytestmark = [pytest.mark.hud, pytest.mark.slow]
+
+TOOLS_DIR = REPO / "tests" / "fakes" / "hud_envs" / "tools"
+TOOLS_TAG = "hudray-tools:t"
+NATIVE = f"{REPO / 'tests/fakes/hud_envs/native_agent.py'}:agent"
+HUD_SERVER = "python3 -m hud.environment.server env.py --host {host} --port {port}"
+# Tool calls through session.mcp("tools"), raw bytes through session.open_tunnel("kv");
+# the last two rows grade 0.0, so equal rewards say more than "everything passed".
+ROWS = [{"id": "add", "args": {"a": 7, "b": 8}},
+        {"id": "add", "args": {"a": -3, "b": 3}},
+        {"id": "lookup", "args": {"key": "k9"}},
+        {"id": "kv_get", "args": {"key": "k4"}},
+        {"id": "lookup", "args": {"key": "missing"}},
+        {"id": "kv_get", "args": {"key": "missing"}}]
+
+
+@pytest.fixture
+def run_id():
+    run = f"dkrhud-{uuid.uuid4().hex[:8]}"
+    yield run
+    remove_all({LABEL_RUN: run})
+
+
+def _ray_env(ray_local) -> dict[str, str]:
+    return {"RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
+            "HUD_RAY_STATE_DIR": os.environ["HUD_RAY_STATE_DIR"],
+            "HUD_API_KEY": "", "HUD_FILE_TRACKING_ENABLED": "false"}
+
+
+def _run(tasks: Path, out: Path, run_id: str, env: dict[str, str], *provider: str) -> dict:
+    run = cli("run", str(tasks), "--agent", NATIVE, *provider, "--concurrency", "3",
+              "--out", str(out), "--run-id", run_id, "--no-progress", env=env)
+    try:
+        _, stderr = run.communicate(timeout=300)
+    finally:
+        kill_tree(run)
+    assert run.returncode == 0, stderr[-3000:]
+    return {row["rollout_key"]: row for row in read_results(out / run_id).to_pylist()}
+
+
+@pytest.mark.timeout(900)
+def test_hud_tools_env_image_gives_the_same_rewards_as_local(ray_local, tmp_path, run_id):
+    require_daemon()
+    build = cli("image", "build", str(TOOLS_DIR), "--tag", TOOLS_TAG,
+                "--build-arg", f"BASE_IMAGE={BASE_IMAGE}")
+    stdout, stderr = build.communicate(timeout=840)
+    assert build.returncode == 0, stderr[-3000:]
+    assert stdout.strip().splitlines()[-1] == TOOLS_TAG
+    # The wheels came from the host, for the base image's own Python.
+    stamp = json.loads((TOOLS_DIR / wheelhouse.WHEELHOUSE / wheelhouse.STAMP).read_text())
+    assert stamp["target"]["version"] == "3.11"
+    assert any(TOOLS_DIR.glob(f"{wheelhouse.WHEELHOUSE}/hud-0.6.21-*.whl"))
+
+    tasks = tmp_path / "tools.jsonl"
+    tasks.write_text("".join(json.dumps({"env": "tools", **row}) + "\n" for row in ROWS))
+    env = _ray_env(ray_local)
+    docker = _run(tasks, tmp_path / "docker", run_id, env, "--provider", "docker",
+                  "--provider-opt", f"image={TOOLS_TAG}",
+                  "--provider-opt", f"command={HUD_SERVER}")
+    local = _run(tasks, tmp_path / "local", f"{run_id}-local", env, "--provider", "local",
+                 "--provider-opt", f"env_file={TOOLS_DIR / 'env.py'}")
+
+    assert len(docker) == len(ROWS)
+    for key, row in docker.items():
+        assert row["status"] == "ok", (key, row["error_message"])
+        assert row["provider"] == "docker"
+        assert row["reward"] == local[key]["reward"], (key, row["reward"], local[key]["reward"])
+    assert sorted(r["reward"] for r in docker.values()) == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    assert any('"name": "lookup"' in r["steps"] for r in docker.values())  # an MCP tool call
+    assert containers({LABEL_RUN: run_id}) == []
