@@ -12,17 +12,20 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import urllib.parse
 from collections.abc import Callable
 
 from .. import imagedir
 from ..errors import ProviderConfigError
 from . import wheelhouse
 from .daemon import Daemon
+from .options import COMMAND_LABEL, check_command
 
 log = logging.getLogger("providers.docker")
 
 _TAGS: dict[tuple[str, str], str] = {}  # (reference, build args) → tag (hashing is costly)
 _PRESENT: set[tuple[str, str]] = set()  # (docker_host, tag) known to be on the daemon
+_COMMANDS: dict[tuple[str, str], str | None] = {}  # (docker_host, tag) → its command label
 _LOCK = threading.Lock()
 
 
@@ -79,3 +82,25 @@ def build(daemon: Daemon, directory: str, tag: str, build_args: dict[str, str],
     dockerfile = imagedir.dockerfile(directory)
     daemon.build(imagedir.context_tar(directory), tag, dockerfile.name, build_args, on_line)
     _PRESENT.add((daemon.docker_host, tag))
+
+
+def command_label(daemon: Daemon, tag: str) -> str | None:
+    """The image's own server command (label `hud-ray.command`), None when it has none;
+    read once per process and tag. A label that is no valid template is a config error."""
+    key = (daemon.docker_host, tag)
+    if key not in _COMMANDS:
+        status, body = daemon.request("GET", f"/images/{urllib.parse.quote(tag, safe='')}/json")
+        if status == 404:
+            return None  # not cached: creating a container names the missing image
+        if status >= 400:
+            raise ProviderConfigError(f"provider 'docker': inspecting image {tag!r}: "
+                                      f"[{status}] {body[:200].decode(errors='replace')}")
+        value = ((json.loads(body).get("Config") or {}).get("Labels") or {}).get(COMMAND_LABEL)
+        if value is not None:
+            try:
+                check_command(value)
+            except ValueError as exc:
+                raise ProviderConfigError(f"provider 'docker': image {tag!r}: label "
+                                          f"{COMMAND_LABEL} {exc}") from None
+        _COMMANDS[key] = value
+    return _COMMANDS[key]

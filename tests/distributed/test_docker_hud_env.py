@@ -25,7 +25,6 @@ pytestmark = [pytest.mark.hud, pytest.mark.slow]
 TOOLS_DIR = REPO / "tests" / "fakes" / "hud_envs" / "tools"
 TOOLS_TAG = "hudray-tools:t"
 NATIVE = f"{REPO / 'tests/fakes/hud_envs/native_agent.py'}:agent"
-HUD_SERVER = "python3 -m hud.environment.server env.py --host {host} --port {port}"
 # Tool calls through session.mcp("tools"), raw bytes through session.open_tunnel("kv");
 # the last two rows grade 0.0, so equal rewards say more than "everything passed".
 ROWS = [{"id": "add", "args": {"a": 7, "b": 8}},
@@ -76,9 +75,9 @@ def test_hud_tools_env_image_gives_the_same_rewards_as_local(ray_local, tmp_path
     tasks = tmp_path / "tools.jsonl"
     tasks.write_text("".join(json.dumps({"env": "tools", **row}) + "\n" for row in ROWS))
     env = _ray_env(ray_local)
+    # No command option: the image's hud-ray.command label says how hud's server starts.
     docker = _run(tasks, tmp_path / "docker", run_id, env, "--provider", "docker",
-                  "--provider-opt", f"image={TOOLS_TAG}",
-                  "--provider-opt", f"command={HUD_SERVER}")
+                  "--provider-opt", f"image={TOOLS_TAG}")
     local = _run(tasks, tmp_path / "local", f"{run_id}-local", env, "--provider", "local",
                  "--provider-opt", f"env_file={TOOLS_DIR / 'env.py'}")
 
