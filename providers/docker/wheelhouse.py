@@ -187,7 +187,13 @@ def _download(requirements: Path, house: Path, target: PythonTarget,
                                   f"{DOWNLOAD_TIMEOUT_S:.0f}s") from None
     if done.returncode != 0:
         shutil.rmtree(house, ignore_errors=True)  # no half wheelhouse with a fresh stamp
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-8:])
         raise ProviderConfigError(f"wheelhouse: pip download of {requirements} for "
                                   f"{target.impl} {target.version} {target.machine} failed "
-                                  f"(exit {done.returncode}):\n{tail}")
+                                  f"(exit {done.returncode}): {_pip_error(done)}")
+
+
+def _pip_error(done: subprocess.CompletedProcess[str]) -> str:
+    """pip's own error line (its last `ERROR:` line), else its last line."""
+    lines = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR:")]
+    return (errors or lines or ["(no output)"])[-1]
