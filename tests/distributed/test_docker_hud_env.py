@@ -25,6 +25,8 @@ pytestmark = [pytest.mark.hud, pytest.mark.slow]
 TOOLS_DIR = REPO / "tests" / "fakes" / "hud_envs" / "tools"
 TOOLS_TAG = "hudray-tools:t"
 NATIVE = f"{REPO / 'tests/fakes/hud_envs/native_agent.py'}:agent"
+OPENAI_CHAT = "hud:hud.agents.openai_compatible:OpenAIChatAgent"
+KEY_VAR = "SCRIPTED_MODEL_KEY"
 # Tool calls through session.mcp("tools"), raw bytes through session.open_tunnel("kv");
 # the last two rows grade 0.0, so equal rewards say more than "everything passed".
 ROWS = [{"id": "add", "args": {"a": 7, "b": 8}},
@@ -48,8 +50,9 @@ def _ray_env(ray_local) -> dict[str, str]:
             "HUD_API_KEY": "", "HUD_FILE_TRACKING_ENABLED": "false"}
 
 
-def _run(tasks: Path, out: Path, run_id: str, env: dict[str, str], *provider: str) -> dict:
-    run = cli("run", str(tasks), "--agent", NATIVE, *provider, "--concurrency", "3",
+def _run(tasks: Path, out: Path, run_id: str, env: dict[str, str], *provider: str,
+         agent: str = NATIVE) -> dict:
+    run = cli("run", str(tasks), "--agent", agent, *provider, "--concurrency", "3",
               "--out", str(out), "--run-id", run_id, "--no-progress", env=env)
     try:
         _, stderr = run.communicate(timeout=300)
@@ -59,8 +62,10 @@ def _run(tasks: Path, out: Path, run_id: str, env: dict[str, str], *provider: st
     return {row["rollout_key"]: row for row in read_results(out / run_id).to_pylist()}
 
 
-@pytest.mark.timeout(900)
-def test_hud_tools_env_image_gives_the_same_rewards_as_local(ray_local, tmp_path, run_id):
+@pytest.fixture(scope="module")
+def tools_image() -> str:
+    """`hud-ray image build` of the tools env, as a user runs it (layers cached after the
+    first build: the wheelhouse layer comes first)."""
     require_daemon()
     build = cli("image", "build", str(TOOLS_DIR), "--tag", TOOLS_TAG,
                 "--build-arg", f"BASE_IMAGE={BASE_IMAGE}")
@@ -71,13 +76,18 @@ def test_hud_tools_env_image_gives_the_same_rewards_as_local(ray_local, tmp_path
     stamp = json.loads((TOOLS_DIR / wheelhouse.WHEELHOUSE / wheelhouse.STAMP).read_text())
     assert stamp["target"]["version"] == "3.11"
     assert any(TOOLS_DIR.glob(f"{wheelhouse.WHEELHOUSE}/hud-0.6.21-*.whl"))
+    return TOOLS_TAG
 
+
+@pytest.mark.timeout(900)
+def test_hud_tools_env_image_gives_the_same_rewards_as_local(ray_local, tools_image, tmp_path,
+                                                             run_id):
     tasks = tmp_path / "tools.jsonl"
     tasks.write_text("".join(json.dumps({"env": "tools", **row}) + "\n" for row in ROWS))
     env = _ray_env(ray_local)
     # No command option: the image's hud-ray.command label says how hud's server starts.
     docker = _run(tasks, tmp_path / "docker", run_id, env, "--provider", "docker",
-                  "--provider-opt", f"image={TOOLS_TAG}")
+                  "--provider-opt", f"image={tools_image}")
     local = _run(tasks, tmp_path / "local", f"{run_id}-local", env, "--provider", "local",
                  "--provider-opt", f"env_file={TOOLS_DIR / 'env.py'}")
 
@@ -88,4 +98,37 @@ def test_hud_tools_env_image_gives_the_same_rewards_as_local(ray_local, tmp_path
         assert row["reward"] == local[key]["reward"], (key, row["reward"], local[key]["reward"])
     assert sorted(r["reward"] for r in docker.values()) == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
     assert any('"name": "lookup"' in r["steps"] for r in docker.values())  # an MCP tool call
+    assert containers({LABEL_RUN: run_id}) == []
+
+
+@pytest.mark.timeout(900)
+def test_hud_openai_chat_agent_on_the_image_matches_local_call_for_call(ray_local, tools_image,
+                                                                         tmp_path, run_id):
+    """hud's own OpenAIChatAgent (`hud:` agent) against a scripted model on 127.0.0.1, on the
+    tools env's tasks.py (MCP tools over several turns, a `returns=` answer, an agent-less
+    verifier): the same reward per row and the same tool calls in docker as on local."""
+    from tests.fakes.hud_envs.policy import policy
+    from tests.fakes.openai_server import ScriptedModel
+
+    tasks = TOOLS_DIR / "tasks.py"
+    env = {**_ray_env(ray_local), KEY_VAR: "sk-scripted-not-a-secret",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH"))
+                                         if p)}
+    with ScriptedModel(policy) as model:
+        agent_opts = ["--agent-opt", "model=scripted-1", "--agent-opt",
+                      f"base_url={model.base_url}", "--agent-opt", f"api_key_env={KEY_VAR}"]
+        docker = _run(tasks, tmp_path / "docker", run_id, env, "--provider", "docker",
+                      "--provider-opt", f"image={tools_image}", *agent_opts, agent=OPENAI_CHAT)
+        docker_calls = model.tool_calls()
+        model.conversations.clear()
+        local = _run(tasks, tmp_path / "local", f"{run_id}-local", env, *agent_opts,
+                     agent=OPENAI_CHAT)
+        local_calls = model.tool_calls()
+    assert len(docker) == 6 and set(docker) == set(local)
+    for key, row in docker.items():
+        assert row["status"] == "ok", (key, row["error_message"])
+        assert row["reward"] == local[key]["reward"], (key, row["reward"], local[key]["reward"])
+    assert {r["provider"] for r in docker.values()} == {"docker"}
+    assert {r["provider"] for r in local.values()} == {"local"}
+    assert docker_calls == local_calls and len(docker_calls) >= 5  # several turns of MCP calls
     assert containers({LABEL_RUN: run_id}) == []
