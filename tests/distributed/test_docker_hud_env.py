@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.parse
 import uuid
 from pathlib import Path
 
 import pytest
 
 from hud_ray.results import read_results
-from providers import LABEL_RUN
+from providers import LABEL_RUN, imagedir
 from providers.docker import wheelhouse
-from tests.fakes.docker_daemon import BASE_IMAGE, containers, remove_all, require_daemon
+from tests.fakes.docker_daemon import (
+    BASE_IMAGE,
+    containers,
+    daemon,
+    remove_all,
+    require_daemon,
+)
 
 from .conftest import REPO, cli, kill_tree
 
@@ -82,12 +89,19 @@ def tools_image() -> str:
 @pytest.mark.timeout(900)
 def test_hud_tools_env_image_gives_the_same_rewards_as_local(ray_local, tools_image, tmp_path,
                                                              run_id):
+    """The directory itself as the image (`image=DIR`): built at plan time, wheelhouse and
+    all, no `hud-ray image build` needed (its layers are the tools_image's, cached)."""
     tasks = tmp_path / "tools.jsonl"
     tasks.write_text("".join(json.dumps({"env": "tools", **row}) + "\n" for row in ROWS))
     env = _ray_env(ray_local)
     # No command option: the image's hud-ray.command label says how hud's server starts.
-    docker = _run(tasks, tmp_path / "docker", run_id, env, "--provider", "docker",
-                  "--provider-opt", f"image={tools_image}")
+    dir_tag = imagedir.default_tag(TOOLS_DIR, {"BASE_IMAGE": BASE_IMAGE})
+    try:
+        docker = _run(tasks, tmp_path / "docker", run_id, env, "--provider", "docker",
+                      "--provider-opt", f"image={TOOLS_DIR}",
+                      "--provider-opt", f'build_args={{"BASE_IMAGE": "{BASE_IMAGE}"}}')
+    finally:
+        daemon().request("DELETE", f"/images/{urllib.parse.quote(dir_tag, safe='')}")
     local = _run(tasks, tmp_path / "local", f"{run_id}-local", env, "--provider", "local",
                  "--provider-opt", f"env_file={TOOLS_DIR / 'env.py'}")
 
