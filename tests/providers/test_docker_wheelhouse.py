@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -167,6 +168,18 @@ def test_an_images_command_label_is_read_and_a_broken_one_named(tmp_path):
         with pytest.raises(ProviderConfigError, match=r"image 'hudray-label-bad:t': label "
                            r"hud-ray.command 'python3 \{nope\}'"):
             images.command_label(daemon, bad)
+        # Through the user's path: one error line at plan time, no run directory.
+        done = subprocess.run([sys.executable, "-m", "hud_ray.cli", "run",
+                               str(REPO / "examples" / "demo" / "tasks.jsonl"), "--agent", "rule",
+                               "--provider", "docker", "--provider-opt", f"image={bad}",
+                               "--out", str(tmp_path / "runs"), "--no-progress"],
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+        assert done.returncode != 0
+        assert done.stderr.strip().splitlines() == [
+            "hud-ray: error: provider 'docker': image 'hudray-label-bad:t': label hud-ray.command "
+            "'python3 {nope}': KeyError('nope'); placeholders are {host} {port} {env_name}"]
+        assert not (tmp_path / "runs").exists()
     finally:
         for tag in (good, bad):
             daemon.request("DELETE", f"/images/{tag}?force=1")
