@@ -3,7 +3,9 @@
 Builds `DIR/Dockerfile.hud` (hud's scaffold name), else `DIR/Dockerfile`, with the classic
 builder (no BuildKit) from DIR plus `.hud-ray/` (hud_ray's stdlib env server; see
 providers/imagedir.py). The same DIR is accepted as `--provider-opt image=DIR` by the
-docker, modal and daytona providers, so one definition runs everywhere.
+docker, modal and daytona providers, so one definition runs everywhere. A DIR that
+installs Python packages (a hud env) gets its offline wheelhouse filled first
+(providers/docker/wheelhouse.py).
 """
 
 from __future__ import annotations
