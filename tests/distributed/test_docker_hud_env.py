@@ -31,6 +31,8 @@ pytestmark = [pytest.mark.hud, pytest.mark.slow]
 
 TOOLS_DIR = REPO / "tests" / "fakes" / "hud_envs" / "tools"
 TOOLS_TAG = "hudray-tools:t"
+WORKSPACE_DIR = REPO / "tests" / "fakes" / "hud_envs" / "workspace"
+WORKSPACE_TAG = "hudray-workspace:t"
 NATIVE = f"{REPO / 'tests/fakes/hud_envs/native_agent.py'}:agent"
 OPENAI_CHAT = "hud:hud.agents.openai_compatible:OpenAIChatAgent"
 KEY_VAR = "SCRIPTED_MODEL_KEY"
@@ -69,21 +71,25 @@ def _run(tasks: Path, out: Path, run_id: str, env: dict[str, str], *provider: st
     return {row["rollout_key"]: row for row in read_results(out / run_id).to_pylist()}
 
 
-@pytest.fixture(scope="module")
-def tools_image() -> str:
-    """`hud-ray image build` of the tools env, as a user runs it (layers cached after the
-    first build: the wheelhouse layer comes first)."""
+def _build(env_dir: Path, tag: str) -> str:
+    """`hud-ray image build` of a hud env directory, as a user runs it (layers cached after
+    the first build: the wheelhouse layer comes first, shared by envs with the same wheels)."""
     require_daemon()
-    build = cli("image", "build", str(TOOLS_DIR), "--tag", TOOLS_TAG,
+    build = cli("image", "build", str(env_dir), "--tag", tag,
                 "--build-arg", f"BASE_IMAGE={BASE_IMAGE}")
     stdout, stderr = build.communicate(timeout=840)
     assert build.returncode == 0, stderr[-3000:]
-    assert stdout.strip().splitlines()[-1] == TOOLS_TAG
+    assert stdout.strip().splitlines()[-1] == tag
     # The wheels came from the host, for the base image's own Python.
-    stamp = json.loads((TOOLS_DIR / wheelhouse.WHEELHOUSE / wheelhouse.STAMP).read_text())
+    stamp = json.loads((env_dir / wheelhouse.WHEELHOUSE / wheelhouse.STAMP).read_text())
     assert stamp["target"]["version"] == "3.11"
-    assert any(TOOLS_DIR.glob(f"{wheelhouse.WHEELHOUSE}/hud-0.6.21-*.whl"))
-    return TOOLS_TAG
+    assert any(env_dir.glob(f"{wheelhouse.WHEELHOUSE}/hud-0.6.21-*.whl"))
+    return tag
+
+
+@pytest.fixture(scope="module")
+def tools_image() -> str:
+    return _build(TOOLS_DIR, TOOLS_TAG)
 
 
 @pytest.mark.timeout(900)
@@ -115,16 +121,13 @@ def test_hud_tools_env_image_gives_the_same_rewards_as_local(ray_local, tools_im
     assert containers({LABEL_RUN: run_id}) == []
 
 
-@pytest.mark.timeout(900)
-def test_hud_openai_chat_agent_on_the_image_matches_local_call_for_call(ray_local, tools_image,
-                                                                         tmp_path, run_id):
-    """hud's own OpenAIChatAgent (`hud:` agent) against a scripted model on 127.0.0.1, on the
-    tools env's tasks.py (MCP tools over several turns, a `returns=` answer, an agent-less
-    verifier): the same reward per row and the same tool calls in docker as on local."""
+def _hud_agent_on_docker_and_local(tasks: Path, image: str, tmp_path: Path, run_id: str,
+                                   ray_local) -> tuple[dict, dict, dict, dict]:
+    """hud's OpenAIChatAgent against the scripted model: docker rows, local rows, and the
+    tool calls each made."""
     from tests.fakes.hud_envs.policy import policy
     from tests.fakes.openai_server import ScriptedModel
 
-    tasks = TOOLS_DIR / "tasks.py"
     env = {**_ray_env(ray_local), KEY_VAR: "sk-scripted-not-a-secret",
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH"))
                                          if p)}
@@ -132,12 +135,23 @@ def test_hud_openai_chat_agent_on_the_image_matches_local_call_for_call(ray_loca
         agent_opts = ["--agent-opt", "model=scripted-1", "--agent-opt",
                       f"base_url={model.base_url}", "--agent-opt", f"api_key_env={KEY_VAR}"]
         docker = _run(tasks, tmp_path / "docker", run_id, env, "--provider", "docker",
-                      "--provider-opt", f"image={tools_image}", *agent_opts, agent=OPENAI_CHAT)
+                      "--provider-opt", f"image={image}", *agent_opts, agent=OPENAI_CHAT)
         docker_calls = model.tool_calls()
         model.conversations.clear()
         local = _run(tasks, tmp_path / "local", f"{run_id}-local", env, *agent_opts,
                      agent=OPENAI_CHAT)
         local_calls = model.tool_calls()
+    return docker, local, docker_calls, local_calls
+
+
+@pytest.mark.timeout(900)
+def test_hud_openai_chat_agent_on_the_image_matches_local_call_for_call(ray_local, tools_image,
+                                                                         tmp_path, run_id):
+    """hud's own OpenAIChatAgent (`hud:` agent) against a scripted model on 127.0.0.1, on the
+    tools env's tasks.py (MCP tools over several turns, a `returns=` answer, an agent-less
+    verifier): the same reward per row and the same tool calls in docker as on local."""
+    docker, local, docker_calls, local_calls = _hud_agent_on_docker_and_local(
+        TOOLS_DIR / "tasks.py", tools_image, tmp_path, run_id, ray_local)
     assert len(docker) == 6 and set(docker) == set(local)
     for key, row in docker.items():
         assert row["status"] == "ok", (key, row["error_message"])
@@ -145,4 +159,19 @@ def test_hud_openai_chat_agent_on_the_image_matches_local_call_for_call(ray_loca
     assert {r["provider"] for r in docker.values()} == {"docker"}
     assert {r["provider"] for r in local.values()} == {"local"}
     assert docker_calls == local_calls and len(docker_calls) >= 5  # several turns of MCP calls
+    assert containers({LABEL_RUN: run_id}) == []
+
+
+@pytest.mark.timeout(900)
+def test_ssh_workspace_image_with_the_bash_tool_matches_local(ray_local, tmp_path, run_id):
+    """The workspace env (hud's ssh workspace, driven with the `bash` tool) as an image: the
+    agent's shell runs in the container, and the grade reads the file it wrote there."""
+    image = _build(WORKSPACE_DIR, WORKSPACE_TAG)
+    docker, local, docker_calls, local_calls = _hud_agent_on_docker_and_local(
+        WORKSPACE_DIR / "tasks.py", image, tmp_path, run_id, ray_local)
+    assert len(docker) == 3 and set(docker) == set(local)
+    for key, row in docker.items():
+        assert row["status"] == "ok", (key, row["error_message"])
+        assert row["reward"] == local[key]["reward"] == 1.0, (key, row, local[key])
+    assert docker_calls == local_calls and all(c[0][0] == "bash" for c in docker_calls.values())
     assert containers({LABEL_RUN: run_id}) == []
