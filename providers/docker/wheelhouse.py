@@ -138,7 +138,10 @@ def _run_once(daemon: Daemon, image: str, argv: list[str]) -> str:
                                   f"{reply[:200].decode(errors='replace')}")
     container_id = json.loads(reply)["Id"]
     try:
-        daemon.request("POST", f"/containers/{container_id}/start")
+        status, reply = daemon.request("POST", f"/containers/{container_id}/start")
+        if status >= 400:  # e.g. no python3 in the image: the daemon says so
+            raise ProviderConfigError(f"wheelhouse: base image {image!r}: cannot run "
+                                      f"{argv[0]}: {reply[:300].decode(errors='replace')}")
         daemon.request("POST", f"/containers/{container_id}/wait", timeout=PROBE_TIMEOUT_S)
         _, logs = daemon.request("GET", f"/containers/{container_id}/logs?stdout=1&stderr=1")
         return logs.decode(errors="replace")

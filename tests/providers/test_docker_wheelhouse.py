@@ -19,7 +19,7 @@ import pytest
 from providers import ProviderConfigError
 from providers.docker import images, wheelhouse
 from providers.docker.wheelhouse import PythonTarget
-from tests.fakes.docker_daemon import BASE_IMAGE, require_daemon
+from tests.fakes.docker_daemon import BASE_IMAGE, containers, require_daemon
 
 REPO = Path(__file__).resolve().parents[2]
 TARGET = PythonTarget(impl="cpython", version="3.11", glibc="glibc 2.36", machine="x86_64")
@@ -68,6 +68,14 @@ def test_the_base_images_python_is_read_by_running_it():
 def test_a_base_image_the_daemon_lacks_is_named():
     with pytest.raises(ProviderConfigError, match=r"base image 'hudray-nope:t' is not on"):
         wheelhouse.probe(require_daemon(), "hudray-nope:t")
+
+
+def test_a_base_image_that_cannot_run_the_probe_is_named_and_leaves_no_container():
+    daemon = require_daemon()
+    with pytest.raises(ProviderConfigError, match=r"base image 'local/python-base:latest': "
+                       r"cannot run nosuchbinary-x: .*executable file not found"):
+        wheelhouse._run_once(daemon, BASE_IMAGE, ["nosuchbinary-x"])
+    assert containers({"hud-ray.purpose": "wheelhouse-probe"}) == []
 
 
 def _wheel(links: Path, name: str, version: str) -> Path:
