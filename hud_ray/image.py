@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+import urllib.parse
 from collections.abc import Callable
 
 from providers import imagedir
@@ -32,7 +34,10 @@ def build_image(directory: str, tag: str | None = None,
     say = on_line or (lambda line: print(line, file=sys.stderr, flush=True))
     daemon = Daemon(docker_host or default_docker_host())
     daemon.ping()
+    started = time.monotonic()
     images.prepare(daemon, directory, args, say)  # the wheelhouse is part of the content
     tag = tag or imagedir.default_tag(directory, args)
     images.build(daemon, directory, tag, args, say)
+    size_mb = daemon.json(f"/images/{urllib.parse.quote(tag, safe='')}/json")["Size"] / 1e6
+    say(f"built {tag}: {size_mb:.0f} MB in {time.monotonic() - started:.1f}s")
     return tag

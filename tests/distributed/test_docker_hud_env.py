@@ -80,6 +80,7 @@ def _build(env_dir: Path, tag: str) -> str:
     stdout, stderr = build.communicate(timeout=840)
     assert build.returncode == 0, stderr[-3000:]
     assert stdout.strip().splitlines()[-1] == tag
+    assert f"built {tag}: " in stderr and " MB in " in stderr  # size and time, on stderr
     # The wheels came from the host, for the base image's own Python.
     stamp = json.loads((env_dir / wheelhouse.WHEELHOUSE / wheelhouse.STAMP).read_text())
     assert stamp["target"]["version"] == "3.11"
