@@ -171,7 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     reap.add_argument("--dry-run", action="store_true")
     image = sub.add_parser("image", help="env images on the local Docker daemon")
     image_sub = image.add_subparsers(dest="image_command", required=True)
-    build = image_sub.add_parser("build", help="build DIR/Dockerfile.hud (else DIR/Dockerfile)")
+    build = image_sub.add_parser(
+        "build", help="build DIR/Dockerfile.hud (else DIR/Dockerfile)",
+        description="Build DIR/Dockerfile.hud (else DIR/Dockerfile) on the local daemon. A DIR "
+        "with a requirements.txt whose Dockerfile copies wheelhouse/ first gets "
+        "DIR/wheelhouse/ filled by pip download for the base image's Python, so the image "
+        "installs offline (pip install --no-index --find-links).")
     build.add_argument("dir", help="directory holding Dockerfile.hud or Dockerfile")
     build.add_argument("--tag", default=None,
                        help="image tag (default: hudray-local/<dir>:<content hash>)")

@@ -377,10 +377,16 @@ class TunnelForwarder:
             task.add_done_callback(self._conns.discard)
         try:
             remote = await open_tunnel(self.url, self.capability, preamble=self._preamble)
-        except WireError:
+        except (WireError, asyncio.CancelledError):
             writer.close()
             return
-        await splice((reader, writer), remote)
+        try:
+            await splice((reader, writer), remote)
+        except asyncio.CancelledError:
+            # close() ended a connection still open (the rollout is over). End quietly:
+            # asyncio (3.11) logs a cancelled client handler as an error with a traceback,
+            # once per open tunnel, on every provider.
+            return
 
     async def close(self) -> None:
         if self._server is not None:

@@ -233,3 +233,28 @@ def test_unknown_capability_is_remote_error(demo_server):
             await client.bye()
 
     run(main())
+
+
+def test_closing_a_forwarder_with_connections_open_logs_no_error(demo_server):
+    """A rollout ends with its agent's tunnel connections still open: close() ends them
+    without the loop reporting a cancelled connection handler."""
+    reported: list[dict] = []
+
+    async def main():
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: reported.append(ctx))
+        client = await EnvClient.connect(demo_server.url, heartbeat_s=None)
+        forwarder = await client.forward("kv")
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", forwarder.port)
+            writer.write(b"GET key3\n")
+            await writer.drain()
+            assert (await asyncio.wait_for(reader.readline(), 5)).strip() == b"value-757"
+            await forwarder.close()  # the connection is still open
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # and now closed
+            writer.close()
+        finally:
+            await client.bye()
+        await asyncio.sleep(0)  # let the streams' done-callbacks run
+
+    run(main())
+    assert reported == []

@@ -21,7 +21,11 @@ can clash.
 Package layout: options.py (options, spec → container config), daemon.py (blocking stdlib
 client: plan-time checks, builds), images.py (image refs and directories → tags), client.py
 (aiodocker per loop, error policy), owners.py (who owns a container, dead-owner sweep),
-provider.py (lifecycle). Importing it does not import aiodocker.
+wheelhouse.py (offline wheels for images that pip-install hud), provider.py (lifecycle).
+Importing it does not import aiodocker.
+
+An image may name its own server command in the label `hud-ray.command` (a hud env image:
+hud's server); the `command` option wins, and without either envkit serves env.py.
 """
 
 from .options import DockerOptions

@@ -17,6 +17,10 @@ DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 # The env server of an image built from a `Dockerfile.hud` like examples/demo's: envkit
 # (copied into the image by `hud-ray image build`) serving env.py in the image's WORKDIR.
 DEFAULT_COMMAND = "python3 -m hud_ray.envkit env.py --host {host} --port {port}"
+# An image says how it serves its env in this label (same placeholders as `command`), e.g.
+# a hud env image: LABEL hud-ray.command="python3 -m hud.environment.server env.py
+# --host {host} --port {port}". The `command` option, when given, wins.
+COMMAND_LABEL = "hud-ray.command"
 # In a bridge network the server listens on this port inside its own network namespace.
 BRIDGE_INNER_PORT = 8765
 MIB = 1024 * 1024
@@ -38,8 +42,10 @@ class DockerOptions(BaseModel):
                               "runtime_config.image wins")
     build_args: dict[str, str] = Field(default_factory=dict, description="--build-arg values "
                                        "when `image` is a directory (e.g. BASE_IMAGE)")
-    command: str = Field(DEFAULT_COMMAND, description="env server argv in the container; "
-                         "placeholders {host} {port} {env_name}")
+    command: str | None = Field(None, description="env server argv in the container; "
+                                "placeholders {host} {port} {env_name}; default: the image's "
+                                f"{COMMAND_LABEL} label, else envkit serving env.py "
+                                f"({DEFAULT_COMMAND})")
     workdir: str | None = Field(None, description="working directory (default: the image's)")
     network: Literal["auto", "host", "bridge"] = Field(
         "auto", description="host: the container shares the host's network and its server "
@@ -67,15 +73,10 @@ class DockerOptions(BaseModel):
 
     @field_validator("command")
     @classmethod
-    def _command(cls, value: str) -> str:
-        try:
-            argv = shlex.split(value)
-            render(value, host="127.0.0.1", port=1, env_name="x")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"{value!r}: {exc!r}; placeholders are {{host}} {{port}} "
-                             "{env_name}") from None
-        if not argv:
-            raise ValueError("must not be empty")
+    def _command(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        check_command(value)
         return value
 
     @field_validator("workdir")
@@ -84,6 +85,18 @@ class DockerOptions(BaseModel):
         if value is not None and not value.startswith("/"):
             raise ValueError(f"must be an absolute path inside the container, got {value!r}")
         return value
+
+
+def check_command(value: str) -> None:
+    """ValueError naming what is wrong with a command template (option or image label)."""
+    try:
+        argv = shlex.split(value)
+        render(value, host="127.0.0.1", port=1, env_name="x")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"{value!r}: {exc!r}; placeholders are {{host}} {{port}} "
+                         "{env_name}") from None
+    if not argv:
+        raise ValueError("must not be empty")
 
 
 def render(command: str, *, host: str, port: int, env_name: str) -> list[str]:
@@ -114,11 +127,14 @@ def resources(spec: SandboxSpec, options: DockerOptions) -> dict[str, Any]:
 
 
 def container_config(spec: SandboxSpec, options: DockerOptions, image: str, *,
-                     network: str, port: int, labels: dict[str, str]) -> dict[str, Any]:
+                     network: str, port: int, labels: dict[str, str],
+                     command: str | None = None) -> dict[str, Any]:
     """The create body. Host network: the server binds 127.0.0.1:`port` (0 = it picks).
-    Bridge: it binds 0.0.0.0:`port` in its own namespace, published on 127.0.0.1 only."""
+    Bridge: it binds 0.0.0.0:`port` in its own namespace, published on 127.0.0.1 only.
+    `command`: the server's template (the option, else the image's label, else envkit's)."""
     host = "127.0.0.1" if network == "host" else "0.0.0.0"
-    argv = render(options.command, host=host, port=port, env_name=spec.env_name or "")
+    template = command or options.command or DEFAULT_COMMAND
+    argv = render(template, host=host, port=port, env_name=spec.env_name or "")
     host_config: dict[str, Any] = {
         "NetworkMode": network,
         "Privileged": options.privileged,

@@ -30,7 +30,7 @@ from ..errors import (
 )
 from . import images, owners
 from .client import DockerClient, is_missing_image, is_name_conflict, load_aiodocker
-from .daemon import Daemon
+from .daemon import Daemon, DaemonUnreachable
 from .options import BRIDGE_INNER_PORT, DockerOptions, container_config
 
 PORT_LINE = re.compile(r"HUD_SERVE_PORT=(\d+)[ \t]*\r?\n")  # whole lines only: chunks split
@@ -71,8 +71,9 @@ class DockerProvider(Provider):
         if self._network == "host" and self.options.port and self.options.port < 1024:
             raise ProviderConfigError(f"provider 'docker': port={self.options.port} is privileged")
         if self.options.image:
-            images.ensure(self.daemon, self.options.image, self.options.pull,
-                          self.options.build_args)
+            tag = images.ensure(self.daemon, self.options.image, self.options.pull,
+                                self.options.build_args)
+            images.command_label(self.daemon, tag)  # a broken label stops the run here
 
     def check_credentials(self) -> None:
         """The daemon answers (`reap` without --provider skips a machine without one)."""
@@ -102,7 +103,9 @@ class DockerProvider(Provider):
         if spec.image:
             # A task's own image: built or pulled once per process (cached after), so a
             # missing one stops the run at plan time instead of failing every rollout.
-            images.ensure(self.daemon, spec.image, self.options.pull, self.options.build_args)
+            tag = images.ensure(self.daemon, spec.image, self.options.pull,
+                                self.options.build_args)
+            images.command_label(self.daemon, tag)
 
     # --- lifecycle -----------------------------------------------------------------
     async def create(self, spec: SandboxSpec, labels: dict[str, str]) -> SandboxHandle:
@@ -115,7 +118,7 @@ class DockerProvider(Provider):
         port = self.options.port if network == "host" else (self.options.port or BRIDGE_INNER_PORT)
         all_labels = {**self.options.labels, **labels, **owners.owner_labels()}
         config = container_config(spec, self.options, tag, network=network, port=port,
-                                  labels=all_labels)
+                                  labels=all_labels, command=await self._command(tag))
         try:
             container_id = await self._create(config, spec.name, tag)
         except asyncio.CancelledError:
@@ -263,6 +266,16 @@ class DockerProvider(Provider):
         await self.client.close()
 
     # --- helpers ---------------------------------------------------------------------
+    async def _command(self, tag: str) -> str | None:
+        """The `command` option, else the image's hud-ray.command label (read once per
+        tag and process, off the loop), else None: envkit's default."""
+        if self.options.command:
+            return self.options.command
+        try:
+            return await asyncio.to_thread(images.command_label, self.daemon, tag)
+        except DaemonUnreachable as exc:  # the daemon went away mid-run: infra, retried
+            raise CreateError(str(exc)) from None
+
     async def _network_mode(self) -> str:
         if self._network is None:
             bridge = await self.client.call("listing networks", self.client.has_bridge)
