@@ -29,9 +29,12 @@ from hud_ray.wire import (
     WireTimeout,
 )
 from providers import (
+    LABEL_DRIVER,
+    LABEL_INCARNATION,
     LABEL_OWNER,
     LABEL_ROLLOUT,
     LABEL_RUN,
+    LABEL_SANDBOX,
     LABEL_WORKER,
     Endpoint,
     Provider,
@@ -46,6 +49,8 @@ from providers import (
 
 class RolloutConfig(BaseModel):
     run_id: str = "adhoc"
+    incarnation: str = ""  # this driver start of the run (hud_ray.incarnation)
+    driver: str = ""  # the driver's host:pid:start-time, so a later one can prove it dead
     owner: str = "hud-ray"
     deadline_s: float = 600.0
     ready_timeout_s: float = 120.0
@@ -82,21 +87,26 @@ class RolloutFailure(Exception):
 WARM_ROLLOUT_LABEL = "(warm)"  # the rollout label of a sandbox warmed ahead of its rollout
 
 
-def rollout_labels(run_id: str, rollout_key: str, owner: str) -> dict[str, str]:
-    return {LABEL_RUN: run_id, LABEL_ROLLOUT: rollout_key, LABEL_OWNER: owner}
+def rollout_labels(config: RolloutConfig, rollout_key: str) -> dict[str, str]:
+    labels = {LABEL_RUN: config.run_id, LABEL_ROLLOUT: rollout_key, LABEL_OWNER: config.owner}
+    if config.incarnation:
+        labels[LABEL_INCARNATION] = config.incarnation
+    if config.driver:
+        labels[LABEL_DRIVER] = config.driver
+    return labels
 
 
-def warm_labels(run_id: str, worker_id: str, owner: str) -> dict[str, str]:
+def warm_labels(config: RolloutConfig, worker_id: str) -> dict[str, str]:
     """A warm sandbox has no rollout yet (and keeps these labels once one claims it): the
     worker that made it is how a reaper finds it after that worker dies."""
-    return {**rollout_labels(run_id, WARM_ROLLOUT_LABEL, owner), LABEL_WORKER: worker_id}
+    return {**rollout_labels(config, WARM_ROLLOUT_LABEL), LABEL_WORKER: worker_id}
 
 
 def sandbox_spec(rollout: Rollout, config: RolloutConfig, deadline_s: float) -> SandboxSpec:
     runtime = rollout.task.runtime_config
     limits = runtime.limits if runtime else None
     return SandboxSpec(
-        name=sandbox_name(config.run_id, rollout.rollout_key, config.attempt),
+        name=sandbox_name(config.run_id, rollout.rollout_key, config.attempt, config.incarnation),
         image=runtime.image if runtime else None,
         env_name=rollout.task.env_name,
         resources=runtime.resources if runtime else None,
@@ -199,7 +209,10 @@ class RolloutRunner:
 
     async def _provision(self) -> None:
         spec = sandbox_spec(self.rollout, self.config, self.deadline_s)
-        labels = rollout_labels(self.config.run_id, self.rollout.rollout_key, self.config.owner)
+        # The exact sandbox name too: a reap after a worker death must find this attempt's
+        # sandbox and never a live retry's.
+        labels = {**rollout_labels(self.config, self.rollout.rollout_key),
+                  LABEL_SANDBOX: spec.name}
         try:
             self.provider.check_spec(spec)
             self._sandbox_t0 = time.monotonic()

@@ -31,14 +31,15 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field
 from ray.exceptions import RayActorError
 
+from hud_ray.incarnation import driver_identity, new_incarnation
 from hud_ray.inflight import Flight, WorkerSlot, failure_row, reap_in_background
 from hud_ray.results import ResultWriter
-from hud_ray.rollout import RolloutConfig, rollout_labels, sandbox_spec, warm_labels
+from hud_ray.rollout import RolloutConfig, sandbox_spec, warm_labels
 from hud_ray.schema import RETRYABLE, Status
 from hud_ray.tasks import Rollout, TaskFileError
 from hud_ray.warm import spec_key
 from hud_ray.worker import RolloutWorker
-from providers import Provider, UnsupportedSpecError
+from providers import LABEL_RUN, LABEL_SANDBOX, Provider, UnsupportedSpecError, sandbox_name
 
 log = logging.getLogger("hud_ray.scheduler")
 SLOT_RESOURCE = "sandbox_slots"
@@ -114,6 +115,13 @@ class Scheduler:
         self._last_heartbeat = 0.0
         self._lease_s = 0.0  # this run's own lease, sent with each heartbeat (governor only)
         self.step_replies = 0  # harvested `step` calls: rows per reply is the batching
+        # This driver start of the run: its sandboxes, governor marks and parts carry it.
+        # (A sweep's passes share a writer but not an incarnation: each pass finishes.)
+        self.incarnation = new_incarnation()
+        self.driver = driver_identity()
+        self.rollout_config = RolloutConfig(**{
+            **config.rollout, "run_id": config.run_id, "incarnation": self.incarnation,
+            "driver": self.driver})
 
     # --- public --------------------------------------------------------------------------
     def run(self) -> Iterator[pa.RecordBatch]:
@@ -125,8 +133,9 @@ class Scheduler:
             self._lease_s = float(self.config.governor.get("run_lease_s", default_lease))
             self.governor = get_governor(self.provider, self.config.provider_options,
                                          self.config.governor, self.config.env_vars)
-            if self.config.resume:  # what the previous driver left alive is orphaned now
-                ray.get(self.governor.reap_run.remote(self.config.run_id), timeout=300)
+            if self.config.resume:  # what earlier incarnations left alive is orphaned now
+                ray.get(self.governor.reap_run.remote(self.config.run_id, self.incarnation),
+                        timeout=300)
         self._spawn_workers()
         try:
             while not self._stop.is_set():
@@ -176,7 +185,7 @@ class Scheduler:
             max_concurrency=max(8, slots * 2),
         ).remote(
             worker_id, self.config.provider, self.config.provider_options, self.config.agent,
-            {**self.config.rollout, "run_id": self.config.run_id}, slots, self.config.env_vars,
+            self.rollout_config.model_dump(), slots, self.config.env_vars,
             self.config.governor, math.ceil(slots * self.config.warm_per_slot),
         )
         return WorkerSlot(index=index, actor=actor, slots=slots, worker_id=worker_id)
@@ -214,10 +223,13 @@ class Scheduler:
     def _reap(self, lost: list[Flight], worker: WorkerSlot | None = None) -> None:
         """Destroy what a dead worker left behind, found by labels (in the background):
         its rollouts' sandboxes and, not counting on the governor, its warm ones."""
-        owner = self.config.rollout.get("owner", "hud-ray")
-        labels = [rollout_labels(self.config.run_id, f.rollout.rollout_key, owner) for f in lost]
+        # By exact sandbox name (this incarnation, this attempt): a slow reap must never
+        # find the live retry's sandbox.
+        labels = [{LABEL_RUN: self.config.run_id,
+                   LABEL_SANDBOX: sandbox_name(self.config.run_id, f.rollout.rollout_key,
+                                               f.attempt, self.incarnation)} for f in lost]
         if worker is not None and self.config.warm_per_slot > 0:
-            labels.append(warm_labels(self.config.run_id, worker.worker_id, owner))
+            labels.append(warm_labels(self.rollout_config, worker.worker_id))
         if labels:
             self._reapers.append(reap_in_background(
                 self.config.provider, self.config.provider_options, labels))
@@ -396,7 +408,7 @@ class Scheduler:
         every = min(self.config.heartbeat_s, self._lease_s / 3)  # a few beats per lease
         if now - self._last_heartbeat >= every:
             self._last_heartbeat = now
-            self.governor.heartbeat.remote(self.config.run_id, self._lease_s)
+            self.governor.heartbeat.remote(self.config.run_id, self._lease_s, self.incarnation)
 
     # --- teardown ----------------------------------------------------------------------
     def _teardown(self, interrupted: bool) -> None:
@@ -421,6 +433,7 @@ class Scheduler:
             thread.join(timeout=60)
         if self.governor is not None:
             try:
-                ray.get(self.governor.run_finished.remote(self.config.run_id), timeout=60)
+                ray.get(self.governor.run_finished.remote(self.config.run_id, self.incarnation),
+                        timeout=60)
             except Exception as exc:
                 log.warning("governor run_finished: %s", exc)

@@ -60,10 +60,10 @@ class RolloutWorkerImpl:
         # One agent, or one per sweep variant ({variant: spec}).
         specs = agent if isinstance(agent, dict) else {None: agent}
         self.agents = {variant: resolve_agent(spec) for variant, spec in specs.items()}
-        self.base_config = RolloutConfig(**rollout_config, worker_id=worker_id)
+        self.base_config = RolloutConfig(**{**rollout_config, "worker_id": worker_id})
         self.pool: WarmPool | None = None
         if warm_depth > 0:
-            labels = warm_labels(self.base_config.run_id, worker_id, self.base_config.owner)
+            labels = warm_labels(self.base_config, worker_id)
             self.pool = WarmPool(self.provider, self.base_config, warm_depth, labels, worker_id)
         self._running: dict[str, asyncio.Task[None]] = {}
         self._runners: dict[str, RolloutRunner] = {}

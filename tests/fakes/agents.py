@@ -27,3 +27,9 @@ async def blocking_agent(session):
     if session.task.id == "riddle":
         time.sleep(3600)  # noqa: ASYNC251 - blocking the loop is the point
     return await rule_agent(session)
+
+
+async def sleepy_rule_agent(session):
+    """The rule agent after 4 s: a rollout that lives through several reaper passes."""
+    await asyncio.sleep(4)
+    return await rule_agent(session)
