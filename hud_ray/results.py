@@ -1,8 +1,11 @@
-"""Results on disk: `runs/<run_id>/manifest.json` + `rollouts/part-NNNNN.parquet`.
+"""Results on disk: `runs/<run_id>/manifest.json` + `rollouts/part-NNNNN-<incarnation>.parquet`.
 
 Rows are buffered and written as a new part every N rows or T seconds, atomically
 (temp file + rename), so a crash loses at most the unflushed buffer and a reader never
-sees half a file. Resume is an anti-join on `rollout_key`.
+sees half a file. One driver writes a run directory at a time (`runlock.RunLock`), and
+part names carry the writer's incarnation, so no part is ever overwritten. Readers still
+tolerate a rollout_key written twice (keeping the latest row, and saying so): a second
+line of defence. Resume is an anti-join on `rollout_key`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hud_ray.incarnation import driver_identity, new_incarnation
+from hud_ray.runlock import RunLock, RunLockedError
 from hud_ray.schema import arrow_schema, utcnow
 
 PARTS_DIR = "rollouts"
@@ -33,18 +38,70 @@ class RunDirError(ValueError):
 
 
 def parts(run_dir: str | Path) -> list[Path]:
-    return sorted((Path(run_dir) / PARTS_DIR).glob("part-*.parquet"))
+    """Part files in the order they were written (`part-NNNNN[-incarnation].parquet`)."""
+    return sorted((Path(run_dir) / PARTS_DIR).glob("part-*.parquet"), key=_part_order)
+
+
+def _part_order(path: Path) -> tuple[int, str]:
+    return _part_seq(path), path.name
+
+
+def _part_seq(path: Path) -> int:
+    try:
+        return int(path.stem.split("-")[1])
+    except (IndexError, ValueError):
+        return -1
 
 
 def read_results(run_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
-    """Every row of a run (also one still in progress) as one Arrow table."""
+    """Every row of a run (also one still in progress) as one Arrow table: one row per
+    rollout_key — where a key was written twice, the latest row (see `duplicate_rows`)."""
     files = parts(run_dir)
     schema = arrow_schema()
     if not files:
         table = schema.empty_table()
         return table.select(columns) if columns else table
-    tables = [pq.read_table(f, columns=columns) for f in files]
-    return pa.concat_tables(tables, promote_options="permissive")
+    wanted = None if columns is None else list(dict.fromkeys(
+        [*columns, "rollout_key", "finished_at"]))
+    tables = [pq.read_table(f, columns=wanted) for f in files]
+    table = latest_per_key(pa.concat_tables(tables, promote_options="permissive"))
+    return table.select(columns) if columns else table
+
+
+def latest_per_key(table: pa.Table) -> pa.Table:
+    """One row per rollout_key: the latest by finished_at, then by the order written."""
+    import pyarrow.compute as pc
+
+    keys = table.column("rollout_key")
+    if table.num_rows == 0 or pc.count_distinct(keys).as_py() == table.num_rows:
+        return table
+    order = pa.array(range(table.num_rows), pa.int64())
+    indexed = table.append_column("_order", order)
+    ranked = indexed.take(pc.sort_indices(indexed, options=pc.SortOptions([
+        ("rollout_key", "ascending", "at_start"), ("finished_at", "ascending", "at_start"),
+        ("_order", "ascending", "at_start")])))
+    sorted_keys = ranked.column("rollout_key")
+    n = ranked.num_rows
+    # The last row of each run of equal keys is its latest.
+    last = pc.not_equal(sorted_keys.slice(0, n - 1), sorted_keys.slice(1))
+    mask = pa.concat_arrays([*last.chunks, pa.array([True])]) if n > 1 else pa.array([True])
+    kept = ranked.filter(mask).sort_by("_order")
+    return kept.drop_columns(["_order"])
+
+
+def duplicate_rows(run_dir: str | Path) -> tuple[int, int]:
+    """(extra rows, keys affected): rollout_keys written more than once in the parts."""
+    import pyarrow.compute as pc
+
+    files = parts(run_dir)
+    if not files:
+        return 0, 0
+    keys = pa.concat_arrays([
+        chunk for f in files for chunk in pq.read_table(f, columns=["rollout_key"])
+        .column(0).chunks])
+    counts = pc.value_counts(keys).field("counts")
+    repeated = pc.filter(counts, pc.greater(counts, 1))
+    return int(pc.sum(repeated).as_py() or 0) - len(repeated), len(repeated)
 
 
 def done_keys(run_dir: str | Path) -> set[str]:
@@ -88,8 +145,12 @@ class ResultWriter:
         resume: bool = False,
         flush_rows: int = 500,
         flush_s: float = 2.0,
+        incarnation: str | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
+        # This writer's driver start: in its part names and in the run's writer lock.
+        self.incarnation = incarnation or new_incarnation()
+        self.lock = RunLock(self.run_dir, self.incarnation)
         self.flush_rows = flush_rows
         self.flush_s = flush_s
         self.schema = arrow_schema()
@@ -113,6 +174,17 @@ class ResultWriter:
             raise RunDirError(f"output directory {self.run_dir} is not writable: {exc}") from None
         if not os.access(self.run_dir, os.W_OK):
             raise RunDirError(f"output directory {self.run_dir} is not writable")
+        try:  # before anything is read or written: one writer per run directory
+            self.lock.acquire()
+        except RunLockedError as exc:
+            raise RunDirError(str(exc)) from None
+        try:
+            self._open_manifest(manifest_path, config, resume)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open_manifest(self, manifest_path: Path, config: dict[str, Any], resume: bool) -> None:
         existing = parts(self.run_dir)
         if manifest_path.exists() and existing and not resume:
             raise RunDirError(
@@ -136,7 +208,10 @@ class ResultWriter:
                 "counts": {},
             }
         self.manifest["state"] = "running"
-        self._next_part = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+        self.manifest.setdefault("incarnations", []).append({
+            "incarnation": self.incarnation, "driver": driver_identity(),
+            "started_at": utcnow().isoformat()})
+        self._next_part = max(_part_seq(p) for p in existing) + 1 if existing else 0
         self.write_manifest()
 
     # --- rows --------------------------------------------------------------------------
@@ -158,7 +233,8 @@ class ResultWriter:
         if not self._buffer:
             return None
         batch = pa.RecordBatch.from_pylist(self._buffer, schema=self.schema)
-        path = self.run_dir / PARTS_DIR / f"part-{self._next_part:05d}.parquet"
+        # The incarnation in the name: no two drivers can ever write the same part.
+        path = self.run_dir / PARTS_DIR / f"part-{self._next_part:05d}-{self.incarnation}.parquet"
         tmp = path.with_name(f".{path.name}.tmp")
         pq.write_table(pa.Table.from_batches([batch]), tmp)
         os.replace(tmp, path)
@@ -191,6 +267,7 @@ class ResultWriter:
         self.manifest["finished_at"] = utcnow().isoformat()
         self.manifest.update(extra)
         self.write_manifest()
+        self.lock.release()
 
 
 # Settings that change what a rollout means; a resume must match them.
