@@ -33,6 +33,7 @@ from ray.exceptions import RayActorError
 
 from hud_ray.incarnation import driver_identity, new_incarnation
 from hud_ray.inflight import Flight, WorkerSlot, failure_row, reap_in_background
+from hud_ray.leftovers import sweep_leftovers
 from hud_ray.results import ResultWriter
 from hud_ray.rollout import RolloutConfig, sandbox_spec, warm_labels
 from hud_ray.schema import RETRYABLE, Status
@@ -136,6 +137,11 @@ class Scheduler:
             if self.config.resume:  # what earlier incarnations left alive is orphaned now
                 ray.get(self.governor.reap_run.remote(self.config.run_id, self.incarnation),
                         timeout=300)
+        # The governor above forgets what a dead private Ray held: the provider's own
+        # records (labels, local's on-disk ledger) do not.
+        sweep_leftovers(self.config.provider, self.config.provider_options,
+                        self.config.run_id, self.incarnation, self.rollout_config.owner,
+                        resume=self.config.resume)
         self._spawn_workers()
         try:
             while not self._stop.is_set():

@@ -139,6 +139,9 @@ class Provider(ABC):
     #: live sandboxes a governor allows by default for one account.
     default_live_cap: ClassVar[int] = 256
     capabilities: ClassVar[Capabilities] = Capabilities()
+    #: listing every hud-ray sandbox costs no cloud call (e.g. an on-disk ledger): a
+    #: starting driver looks for every dead run's leftovers, not only its own run's.
+    sweep_all_on_start: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         try:
