@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import platform
 import threading
@@ -31,6 +32,8 @@ from hud_ray.schema import arrow_schema, utcnow
 
 PARTS_DIR = "rollouts"
 MANIFEST = "manifest.json"
+QUARANTINE_DIR = "quarantine"  # unreadable parts, moved aside by a resume
+log = logging.getLogger("hud_ray.results")
 
 
 class RunDirError(ValueError):
@@ -63,9 +66,46 @@ def read_results(run_dir: str | Path, columns: list[str] | None = None) -> pa.Ta
         return table.select(columns) if columns else table
     wanted = None if columns is None else list(dict.fromkeys(
         [*columns, "rollout_key", "finished_at"]))
-    tables = [pq.read_table(f, columns=wanted) for f in files]
+    tables = [t for f in files if (t := _read_part(f, wanted)) is not None]
+    if not tables:
+        return schema.empty_table().select(columns) if columns else schema.empty_table()
     table = latest_per_key(pa.concat_tables(tables, promote_options="permissive"))
     return table.select(columns) if columns else table
+
+
+def _read_part(path: Path, columns: list[str] | None) -> pa.Table | None:
+    """One part, or None (said in one line) when it is corrupt or truncated: the rest of
+    the run stays readable, and a resume reruns what it held."""
+    try:
+        return pq.read_table(path, columns=columns)
+    except (OSError, pa.ArrowException) as exc:
+        log.warning("skipping unreadable part %s (%s); a --resume of the run moves it to "
+                    "%s/ and reruns its rollouts", path, _first_line(exc), QUARANTINE_DIR)
+        return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def quarantine_unreadable(run_dir: str | Path) -> list[Path]:
+    """Move every part that cannot be read whole to `<run_dir>/quarantine/`, one line each;
+    returns where they went. Their rollouts count as not done, so a resume reruns them."""
+    moved = []
+    for path in parts(run_dir):
+        try:
+            pq.read_table(path)
+            continue
+        except (OSError, pa.ArrowException) as exc:
+            reason = _first_line(exc)
+        target = Path(run_dir) / QUARANTINE_DIR / path.name
+        target.parent.mkdir(exist_ok=True)
+        os.replace(path, target)
+        log.warning("quarantined unreadable part %s -> %s (%s); its rollouts run again",
+                    path, target, reason)
+        moved.append(target)
+    return moved
 
 
 def latest_per_key(table: pa.Table) -> pa.Table:
@@ -96,9 +136,11 @@ def duplicate_rows(run_dir: str | Path) -> tuple[int, int]:
     files = parts(run_dir)
     if not files:
         return 0, 0
-    keys = pa.concat_arrays([
-        chunk for f in files for chunk in pq.read_table(f, columns=["rollout_key"])
-        .column(0).chunks])
+    tables = [t for f in files if (t := _read_part(f, ["rollout_key"])) is not None]
+    chunks = [chunk for t in tables for chunk in t.column(0).chunks]
+    if not chunks:
+        return 0, 0
+    keys = pa.concat_arrays(chunks)
     counts = pc.value_counts(keys).field("counts")
     repeated = pc.filter(counts, pc.greater(counts, 1))
     return int(pc.sum(repeated).as_py() or 0) - len(repeated), len(repeated)
@@ -196,7 +238,14 @@ class ResultWriter:
             _check_same_config(self.run_dir, previous.get("config", {}), config)
             self.manifest = previous
             self.manifest["resumed_at"] = utcnow().isoformat()
-            self.counts.update(previous.get("counts", {}))
+            moved = quarantine_unreadable(self.run_dir)
+            if moved:
+                self.manifest.setdefault("quarantined", []).extend(str(p) for p in moved)
+            existing = parts(self.run_dir)
+            # Counted from what is on disk, not the manifest: a killed driver counted rows
+            # it never flushed, and a quarantined part's rows are gone.
+            statuses = read_results(self.run_dir, columns=["status"]).column("status")
+            self.counts.update(statuses.to_pylist())
         else:
             self.manifest = {
                 "run_id": self.run_dir.name,

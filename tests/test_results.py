@@ -62,3 +62,22 @@ def test_readers_keep_the_latest_row_of_a_key_written_twice(tmp_path):
     text = report_run(tmp_path / "r")
     assert "rollouts: 2 " in text and "1 duplicate row(s) for 1 rollout key(s)" in text
     assert len({p.name for p in (tmp_path / "r" / PARTS_DIR).iterdir()}) == 2  # none overwritten
+
+
+def test_a_truncated_part_is_skipped_by_readers_and_quarantined_by_a_resume(tmp_path, caplog):
+    from hud_ray.report import report_run
+    from hud_ray.results import QUARANTINE_DIR, done_keys
+
+    writer = ResultWriter(tmp_path / "r", config={}, flush_rows=2)
+    for i in range(4):
+        writer.add(_row(i))
+    writer.close()
+    first = sorted((tmp_path / "r" / PARTS_DIR).glob("part-*.parquet"))[0]
+    first.write_bytes(first.read_bytes()[:100])
+    assert "rollouts: 2 " in report_run(tmp_path / "r")  # the rest is read
+    assert any(first.name in r.getMessage() for r in caplog.records)
+    resumed = ResultWriter(tmp_path / "r", config={}, resume=True)
+    assert done_keys(tmp_path / "r") == {"t-2#0", "t-3#0"}  # the lost ones run again
+    assert resumed.counts == {"ok": 2}  # counted from disk, not the old manifest
+    assert (tmp_path / "r" / QUARANTINE_DIR / first.name).is_file()
+    resumed.close()

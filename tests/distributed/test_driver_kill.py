@@ -22,8 +22,10 @@ DEMO_TASKS = REPO / "examples" / "demo" / "tasks.jsonl"
 SLOW_AGENT = f"{REPO / 'tests/fakes/agents.py'}:slow_rule_agent"
 
 
-def _killed_then_resumed(tmp_path: Path, corrupt_a_part: bool = False) -> tuple[Path, Path]:
-    """300 local rollouts at concurrency 16; SIGKILL mid-run; resume. (state dir, run dir)"""
+def _killed_then_resumed(tmp_path: Path,
+                         corrupt_a_part: bool = False) -> tuple[Path, Path, str]:
+    """300 local rollouts at concurrency 16; SIGKILL mid-run; resume.
+    (state dir, run dir, the resume's stderr)"""
     state, out = tmp_path / "state", tmp_path / "runs"
     tasks = tmp_path / "tasks150.jsonl"
     tasks.write_text("\n".join(DEMO_TASKS.read_text().splitlines()[:150]) + "\n")
@@ -55,7 +57,7 @@ def _killed_then_resumed(tmp_path: Path, corrupt_a_part: bool = False) -> tuple[
     finally:
         kill_tree(resumed)
     assert resumed.returncode == 0, stderr[-3000:]
-    return state, run_dir
+    return state, run_dir, stderr
 
 
 def _assert_clean(state: Path, run_dir: Path) -> None:
@@ -69,5 +71,21 @@ def _assert_clean(state: Path, run_dir: Path) -> None:
 
 @pytest.mark.slow
 def test_sigkill_then_resume_leaves_nothing_behind(tmp_path):
-    state, run_dir = _killed_then_resumed(tmp_path)
+    state, run_dir, _ = _killed_then_resumed(tmp_path)
     _assert_clean(state, run_dir)
+
+
+@pytest.mark.slow
+def test_sigkill_corrupt_part_then_resume_reruns_its_rollouts(tmp_path):
+    """The same, with one part truncated before the resume: it is moved aside (named in
+    one line), its rollouts run again, and `report` reads the rest."""
+    state, run_dir, stderr = _killed_then_resumed(tmp_path, corrupt_a_part=True)
+    _assert_clean(state, run_dir)
+    quarantined = list((run_dir / "quarantine").glob("part-*.parquet"))
+    assert len(quarantined) == 1
+    named = [line for line in stderr.splitlines() if "quarantined unreadable part" in line]
+    assert len(named) == 1 and quarantined[0].name in named[0], stderr[-3000:]
+    assert read_manifest(run_dir)["quarantined"] == [str(quarantined[0])]
+    report = cli("report", str(run_dir))
+    stdout, stderr = report.communicate(timeout=120)
+    assert report.returncode == 0 and "rollouts: 300 " in stdout, stderr
