@@ -26,7 +26,7 @@ import pyarrow as pa
 from hud_ray.agents import agent_name, resolve_agent
 from hud_ray.progress import Progress
 from hud_ray.results import ResultWriter, done_keys, read_manifest, read_results
-from hud_ray.tasks import Task, count_rows, expand, tasks_from
+from hud_ray.tasks import Task, count_rows, expand, file_digest, tasks_from
 from providers import get_provider
 
 log = logging.getLogger("hud_ray")
@@ -137,6 +137,7 @@ def plan_run(
     agent_label = agent if isinstance(agent, str) else agent_name(agent)
     config = {
         "tasks": str(tasks) if isinstance(tasks, str | Path) else "<in-memory>",
+        **_task_file_identity(tasks),
         "agent": agent_label, "provider": provider, "repeats": repeats, "variant": variant,
         "provider_options": redacted(provider_options), "concurrency": concurrency,
         "timeout_s": timeout_s, "max_attempts": max_attempts,
@@ -166,6 +167,13 @@ def plan_run(
     scheduler = Scheduler(sched_config, rollouts, writer, driver_provider, skip_keys=skip,
                           progress=bar)
     return RunPlan(run_dir=run_dir, scheduler=scheduler, progress=bar)
+
+
+def _task_file_identity(tasks: Any) -> dict[str, Any]:
+    """How a resume recognises the task file: its real path and its bytes' digest."""
+    if not isinstance(tasks, str | Path):
+        return {}
+    return {"tasks_realpath": os.path.realpath(tasks), "tasks_sha256": file_digest(tasks)}
 
 
 def stream_distributed(tasks: Any, agent: Any, provider: str = "local",

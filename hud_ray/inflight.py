@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hud_ray.schema import Status
-from hud_ray.tasks import Rollout
+from hud_ray.tasks import Rollout, task_fingerprint
 from providers import get_provider
 
 log = logging.getLogger("hud_ray.scheduler")
@@ -51,7 +51,8 @@ def failure_row(flight: Flight, config: Any, status: Status,
     timed_out = status is Status.TIMEOUT
     return RolloutResult(
         run_id=config.run_id, rollout_key=rollout.rollout_key, slug=task.slug or "",
-        env=task.env_name, template_id=task.id, args=task.args, group_id=rollout.group_id,
+        env=task.env_name, template_id=task.id, args=task.args,
+        task_fingerprint=task_fingerprint(task), group_id=rollout.group_id,
         repeat=rollout.repeat, variant=rollout.variant,
         agent=agent_name(config.agent.get(rollout.variant, "")
                          if isinstance(config.agent, dict) else config.agent),

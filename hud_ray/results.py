@@ -77,7 +77,18 @@ def _read_part(path: Path, columns: list[str] | None) -> pa.Table | None:
     """One part, or None (said in one line) when it is corrupt or truncated: the rest of
     the run stays readable, and a resume reruns what it held."""
     try:
-        return pq.read_table(path, columns=columns)
+        file = pq.ParquetFile(path)
+        if columns is None:
+            return file.read()
+        # A part from an older schema lacks newer columns (task_fingerprint): nulls.
+        names = set(file.schema_arrow.names)
+        table = file.read(columns=[c for c in columns if c in names])
+        schema = arrow_schema()
+        for column in columns:
+            if column not in names:
+                kind = schema.field(column).type
+                table = table.append_column(column, pa.nulls(table.num_rows, kind))
+        return table.select(columns)
     except (OSError, pa.ArrowException) as exc:
         log.warning("skipping unreadable part %s (%s); a --resume of the run moves it to "
                     "%s/ and reruns its rollouts", path, _first_line(exc), QUARANTINE_DIR)
@@ -146,11 +157,15 @@ def duplicate_rows(run_dir: str | Path) -> tuple[int, int]:
     return int(pc.sum(repeated).as_py() or 0) - len(repeated), len(repeated)
 
 
-def done_keys(run_dir: str | Path) -> set[str]:
-    """rollout_keys already written (what `--resume` skips)."""
+def done_keys(run_dir: str | Path) -> dict[str, int | None]:
+    """rollout_key → its task's fingerprint (as an int; None for rows written before
+    fingerprints) for every row already written: what `--resume` skips, unless the task
+    under that key has changed since."""
     if not parts(run_dir):
-        return set()
-    return set(read_results(run_dir, columns=["rollout_key"]).column(0).to_pylist())
+        return {}
+    table = read_results(run_dir, columns=["rollout_key", "task_fingerprint"])
+    keys, prints = table.column(0).to_pylist(), table.column(1).to_pylist()
+    return {k: (int(p, 16) if p else None) for k, p in zip(keys, prints, strict=True)}
 
 
 def read_manifest(run_dir: str | Path) -> dict[str, Any]:
@@ -203,6 +218,7 @@ class ResultWriter:
         self._last_flush = float("-inf")
         self.counts: Counter[str] = Counter()
         self.rows_written = 0
+        self.superseded = 0  # done rollouts rerun (task changed): their old rows are stale
         self._prepare_dir(config, resume)
         # pyarrow's first Parquet write pays seconds of lazy setup; pay it off the
         # critical path so the first row lands as soon as the first rollout ends.
@@ -312,6 +328,11 @@ class ResultWriter:
 
     def close(self, state: str = "finished", **extra: Any) -> None:
         self.flush()
+        if self.superseded:  # an old row and its rerun: count each rollout once
+            statuses = read_results(self.run_dir, columns=["status"]).column("status")
+            self.counts = Counter(statuses.to_pylist())
+            self.manifest["superseded_rows"] = (self.manifest.get("superseded_rows", 0)
+                                                + self.superseded)
         self.manifest["state"] = state
         self.manifest["finished_at"] = utcnow().isoformat()
         self.manifest.update(extra)
@@ -328,12 +349,24 @@ def _check_same_config(run_dir: Path, old: dict[str, Any], new: dict[str, Any]) 
         f"{key}: was {old.get(key)!r}, now {new.get(key)!r}"
         for key in RESUME_KEYS
         if key in old and old.get(key) != new.get(key)
+        and not (key == "tasks" and _same_task_file(old, new))
     ]
     if diffs:
         raise RunDirError(
             f"cannot resume {run_dir} with a different config ({'; '.join(diffs)}); "
             "use a new --run-id"
         )
+
+
+def _same_task_file(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """One task file however its path is spelt (relative, absolute, a link), or a copy
+    with the same bytes. Rows edited in place are the per-row fingerprints' business."""
+    old_path, new_path = old.get("tasks"), new.get("tasks")
+    if not isinstance(old_path, str) or not isinstance(new_path, str):
+        return False
+    if old.get("tasks_realpath") and old["tasks_realpath"] == new.get("tasks_realpath"):
+        return True
+    return bool(old.get("tasks_sha256")) and old.get("tasks_sha256") == new.get("tasks_sha256")
 
 
 def _versions() -> dict[str, str]:

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from hud_ray.agents import Agent, Session, agent_name
 from hud_ray.schema import RolloutResult, Status, utcnow
-from hud_ray.tasks import Rollout
+from hud_ray.tasks import Rollout, task_fingerprint
 from hud_ray.wire import (
     EnvClient,
     FrameTooLarge,
@@ -370,6 +370,7 @@ class RolloutRunner:
             env=task.env_name,
             template_id=task.id,
             args=task.args,
+            task_fingerprint=task_fingerprint(task),
             group_id=self.rollout.group_id,
             repeat=self.rollout.repeat,
             variant=self.rollout.variant,

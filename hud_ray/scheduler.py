@@ -37,7 +37,7 @@ from hud_ray.leftovers import sweep_leftovers
 from hud_ray.results import ResultWriter
 from hud_ray.rollout import RolloutConfig, sandbox_spec, warm_labels
 from hud_ray.schema import RETRYABLE, Status
-from hud_ray.tasks import Rollout, TaskFileError
+from hud_ray.tasks import Rollout, TaskFileError, task_fingerprint
 from hud_ray.warm import spec_key
 from hud_ray.worker import RolloutWorker
 from providers import LABEL_RUN, LABEL_SANDBOX, Provider, UnsupportedSpecError, sandbox_name
@@ -88,7 +88,7 @@ class Scheduler:
         sink: ResultWriter,
         provider: Provider,
         *,
-        skip_keys: set[str] | None = None,
+        skip_keys: dict[str, int | None] | set[str] | None = None,
         progress: Any = None,
         close_sink: bool = True,
     ) -> None:
@@ -116,6 +116,7 @@ class Scheduler:
         self._last_heartbeat = 0.0
         self._lease_s = 0.0  # this run's own lease, sent with each heartbeat (governor only)
         self.step_replies = 0  # harvested `step` calls: rows per reply is the batching
+        self.changed_slugs: list[str] = []  # resumed rollouts rerun: their task changed
         # This driver start of the run: its sandboxes, governor marks and parts carry it.
         # (A sweep's passes share a writer but not an incarnation: each pass finishes.)
         self.incarnation = new_incarnation()
@@ -281,13 +282,25 @@ class Scheduler:
             if rollout is None:
                 self._source_done = True
                 break
-            if rollout.rollout_key in self.skip_keys:
+            if rollout.rollout_key in self.skip_keys and not self._task_changed(rollout):
                 continue
             self._check_spec(rollout)
             if self.config.warm_per_slot > 0:
                 self._kinds_seen.add(spec_key(rollout))
             return rollout
         return None
+
+    def _task_changed(self, rollout: Rollout) -> bool:
+        """A done rollout whose task changed under its slug since it ran: run it again
+        (its new row supersedes the old; readers keep the latest)."""
+        if not isinstance(self.skip_keys, dict):
+            return False
+        old = self.skip_keys.get(rollout.rollout_key)
+        if old is None or int(task_fingerprint(rollout.task), 16) == old:
+            return False
+        self.changed_slugs.append(rollout.task.slug or "")
+        self.sink.superseded += 1
+        return True
 
     def _take_matching(self, free: int, warm: dict[str, int]) -> list[tuple[Rollout, int]]:
         """Prefer rollouts whose sandbox kind this worker has warm (mixed-image runs)."""
@@ -418,6 +431,11 @@ class Scheduler:
 
     # --- teardown ----------------------------------------------------------------------
     def _teardown(self, interrupted: bool) -> None:
+        if self.changed_slugs:
+            slugs = list(dict.fromkeys(self.changed_slugs))
+            shown = ", ".join(slugs[:10]) + (f" (+{len(slugs) - 10} more)" if len(slugs) > 10 else "")
+            log.warning("%d rollout(s) ran again because their task changed since they ran "
+                        "under the same slug: %s", len(self.changed_slugs), shown)
         refs = [w.actor.shutdown.remote() for w in self.workers]
         ray.wait(refs, num_returns=len(refs), timeout=90)
         for worker, ref in zip(self.workers, refs, strict=True):

@@ -35,6 +35,9 @@ class RolloutResult(BaseModel):
     env: str | None = None
     template_id: str
     args: dict[str, Any] = Field(default_factory=dict)
+    # sha256 (16 hex) of the task row minus slug and columns: a resume reruns a rollout
+    # whose task changed under the same slug (hud_ray.tasks.task_fingerprint).
+    task_fingerprint: str | None = None
     group_id: str
     repeat: int = 0
     variant: str | None = None
@@ -90,7 +93,7 @@ def _fields() -> list[tuple[str, Any]]:
     return [
         ("run_id", pa.string()), ("rollout_key", pa.string()), ("slug", pa.string()),
         ("env", pa.string()), ("template_id", pa.string()), ("args", pa.string()),
-        ("group_id", pa.string()), ("repeat", pa.int32()), ("variant", pa.string()),
+        ("task_fingerprint", pa.string()), ("group_id", pa.string()), ("repeat", pa.int32()), ("variant", pa.string()),
         ("agent", pa.string()), ("provider", pa.string()), ("sandbox_id", pa.string()),
         ("worker_id", pa.string()), ("node_id", pa.string()), ("status", pa.string()),
         ("timeout_phase", pa.string()), ("error_type", pa.string()),
@@ -107,4 +110,5 @@ def _fields() -> list[tuple[str, Any]]:
 def arrow_schema() -> Any:
     import pyarrow as pa
 
-    return pa.schema(_fields(), metadata={"hud_ray.schema_version": "1"})
+    # 2: task_fingerprint (rows of version 1 have none; a resume keeps them as they are)
+    return pa.schema(_fields(), metadata={"hud_ray.schema_version": "2"})

@@ -86,6 +86,28 @@ class Task(BaseModel):
         return float(value) if value is not None else None
 
 
+def task_fingerprint(task: Task) -> str:
+    """16 hex digits of sha256 over the task's canonical JSON — everything but `slug` and
+    `columns` (a label and the user's own metadata). A resume reruns a rollout whose task
+    changed under the same slug (README, "Resume")."""
+    body = task.model_dump(mode="json", exclude={"slug", "columns"})
+    canonical = json.dumps(body, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def file_digest(path: str | Path) -> str | None:
+    """sha256 of a task file's bytes (None if unreadable): resume compares task files by
+    content, not by how their path was spelt."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
 class Rollout(BaseModel):
     """One unit of work: a task, which repeat, under which variant."""
 
