@@ -96,6 +96,7 @@ def plan_run(
     workers: int | None = None,
     timeout_s: float = 600.0,
     ready_timeout_s: float = 120.0,
+    throttle_timeout_s: float = 600.0,
     max_attempts: int = 3,
     max_failures: int | None = None,
     max_failure_fraction: float | None = None,
@@ -105,7 +106,7 @@ def plan_run(
     flush_s: float = 2.0,
     retry_backoff_s: float = 1.0,
     teardown_timeout_s: float = 60.0,
-    deadline_grace_s: float = 15.0,
+    deadline_grace_s: float = 5.0,
     governor: dict[str, Any] | bool | None = True,
     warm: float | None = None,
     provider_options: dict[str, Any] | None = None,
@@ -119,7 +120,7 @@ def plan_run(
     # Before the run directory or Ray: a bad input ends in one message, nothing touched.
     preflight.check_settings(
         concurrency=concurrency, repeats=repeats, workers=workers, timeout_s=timeout_s,
-        ready_timeout_s=ready_timeout_s, max_attempts=max_attempts, max_failures=max_failures,
+        ready_timeout_s=ready_timeout_s, throttle_timeout_s=throttle_timeout_s, max_attempts=max_attempts, max_failures=max_failures,
         max_failure_fraction=max_failure_fraction, warm=warm)
     preflight.check_governor(governor)
     preflight.check_task_source(tasks)
@@ -156,7 +157,8 @@ def plan_run(
         max_failures=max_failures, max_failure_fraction=max_failure_fraction,
         retry_backoff_s=retry_backoff_s, deadline_grace_s=deadline_grace_s,
         rollout={"deadline_s": timeout_s, "ready_timeout_s": min(ready_timeout_s, timeout_s),
-                 "teardown_timeout_s": teardown_timeout_s},
+                 "teardown_timeout_s": teardown_timeout_s,
+                 "throttle_timeout_s": throttle_timeout_s},
         env_vars={k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
         governor=governor_settings(governor), resume=resume,
         warm_per_slot=(warm if warm is not None

@@ -458,6 +458,7 @@ class GovernedProvider(Provider):
         self.name = inner.name  # type: ignore[misc]
         self.capabilities = inner.capabilities  # type: ignore[misc]
         self.options = inner.options
+        self._reserved: set[str] = set()  # granted ahead of their create (`reserve`)
 
     def check_config(self) -> None:
         self.inner.check_config()
@@ -465,14 +466,32 @@ class GovernedProvider(Provider):
     def check_spec(self, spec: SandboxSpec) -> None:
         self.inner.check_spec(spec)
 
+    def _entry(self, spec: SandboxSpec, labels: dict[str, str]) -> dict[str, Any]:
+        return {"name": spec.name, "run_id": labels.get(LABEL_RUN, ""),
+                "incarnation": labels.get(LABEL_INCARNATION, ""),
+                "rollout_key": labels.get(LABEL_ROLLOUT, ""), "labels": labels,
+                "deadline": time.time() + spec.lifetime_s, "worker_id": self.worker_id,
+                "node_id": self.node_id}
+
+    async def reserve_grant(self, spec: SandboxSpec, labels: dict[str, str]) -> None:
+        """Wait for the create grant of `spec` now (the rollout's `throttle` phase); the
+        `create` that follows uses it. The ledger entry is made at the grant, as always."""
+        labels = {**labels, LABEL_SANDBOX: spec.name}
+        await self.client.acquire(self._entry(spec, labels))
+        self._reserved.add(spec.name)
+
+    def release_grant(self, name: str) -> None:
+        """A grant whose create never came (the rollout failed first): give it back."""
+        if name in self._reserved:
+            self._reserved.discard(name)
+            self.client.destroyed(name)
+
     async def create(self, spec: SandboxSpec, labels: dict[str, str]) -> SandboxHandle:
         labels = {**labels, LABEL_SANDBOX: spec.name}
-        entry = {"name": spec.name, "run_id": labels.get(LABEL_RUN, ""),
-                 "incarnation": labels.get(LABEL_INCARNATION, ""),
-                 "rollout_key": labels.get(LABEL_ROLLOUT, ""), "labels": labels,
-                 "deadline": time.time() + spec.lifetime_s, "worker_id": self.worker_id,
-                 "node_id": self.node_id}
-        await self.client.acquire(entry)
+        if spec.name in self._reserved:
+            self._reserved.discard(spec.name)
+        else:
+            await self.client.acquire(self._entry(spec, labels))
         try:
             handle = await self.inner.create(spec, labels)
         except QuotaError:

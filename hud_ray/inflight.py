@@ -20,12 +20,15 @@ log = logging.getLogger("hud_ray.scheduler")
 
 @dataclass
 class Flight:
-    """A rollout handed to a worker: when, with what budget, last phase it reported."""
+    """A rollout handed to a worker: when, with what deadline, when its deadline clock
+    started (wall time, at the grant: reported by the worker), last phase it reported."""
 
     rollout: Rollout
     attempt: int
-    sent_at: float
-    budget_s: float
+    sent_at: float  # monotonic
+    deadline_s: float
+    sent_wall: float = field(default_factory=time.time)
+    clock_at: float | None = None
     phase: str = "provision"
 
 
@@ -39,6 +42,8 @@ class WorkerSlot:
     step_ref: Any = None
     drained: bool = False
     warm: dict[str, int] = field(default_factory=dict)
+    next_probe: float = 0.0  # wall time: no watch probe before then
+    step_sent: float = 0.0  # monotonic: when the `step` call in flight was sent
 
 
 def failure_row(flight: Flight, config: Any, status: Status,

@@ -1,6 +1,9 @@
-"""One rollout, no Ray: provision → ready → start → agent → grade → teardown.
+"""One rollout, no Ray: (throttle) → provision → ready → start → agent → grade → teardown.
 
-One wall-clock deadline covers provision through grade; on expiry the env gets
+Under a governor, the rollout first waits for its create grant (`throttle`: the account's
+live cap or create rate is saturated, maybe by other drivers) — a phase of its own with its
+own limit (`throttle_timeout_s` → `quota_error`, retried), outside the deadline. One
+wall-clock deadline then covers provision through grade; on expiry the env gets
 `tasks.cancel` and the row says `timeout` with the phase it was in. Teardown runs
 shielded from cancellation, so a sandbox is destroyed even when the caller is cancelled.
 A failed rollout is a row (see `schema.Status`), never an exception.
@@ -54,6 +57,7 @@ class RolloutConfig(BaseModel):
     owner: str = "hud-ray"
     deadline_s: float = 600.0
     ready_timeout_s: float = 120.0
+    throttle_timeout_s: float = 600.0  # longest wait for a create grant (then quota_error)
     cancel_timeout_s: float = 5.0
     teardown_timeout_s: float = 60.0
     heartbeat_s: float | None = 120.0
@@ -133,6 +137,8 @@ class RolloutRunner:
         self.deadline_s = (limits.run_timeout_s if limits and limits.run_timeout_s
                            else config.deadline_s)
         self.phase = "provision"
+        self._phase_at_end: str | None = None  # the phase a failure happened in
+        self.clock_started: float | None = None  # wall time the deadline clock started
         self.timings: dict[str, float] = {}
         self.handle: SandboxHandle | None = None
         self.client: EnvClient | None = None
@@ -141,7 +147,8 @@ class RolloutRunner:
         self.answer: Any = None
         self.grade: dict[str, Any] | None = None
         self.started_at = utcnow()
-        self._t0 = time.monotonic()
+        self._begun = time.monotonic()
+        self._t0 = time.monotonic()  # the deadline clock (reset at the grant)
         self._sandbox_t0: float | None = None
         self._sandbox_s: float | None = None
         self._teardown_error: str | None = None
@@ -150,6 +157,12 @@ class RolloutRunner:
 
     # --- entry -----------------------------------------------------------------------
     async def run(self) -> RolloutResult:
+        try:
+            await self._wait_for_grant()
+        except RolloutFailure as exc:
+            return self._result(exc.status, exc)
+        self._t0 = time.monotonic()
+        self.clock_started = time.time()
         deadline = asyncio.timeout(self.deadline_s)
         try:
             async with deadline:
@@ -175,6 +188,24 @@ class RolloutRunner:
         return self._result(status, failure)
 
     # --- phases ----------------------------------------------------------------------
+    async def _wait_for_grant(self) -> None:
+        """Throttle: wait for the governor's create grant before the deadline starts, so
+        a saturated account (this run's or another's load) is never charged as timeout."""
+        reserve = getattr(self.provider, "reserve_grant", None)
+        if self.prepared is not None or reserve is None:
+            return
+        spec = sandbox_spec(self.rollout, self.config, self.deadline_s)
+        labels = {**rollout_labels(self.config, self.rollout.rollout_key),
+                  LABEL_SANDBOX: spec.name}
+        limit = self.config.throttle_timeout_s
+        try:
+            await self._timed("throttle", asyncio.wait_for(reserve(spec, labels), limit))
+        except TimeoutError:
+            raise RolloutFailure(
+                Status.QUOTA_ERROR, f"no sandbox create grant within throttle_timeout_s="
+                f"{limit:g}: the account's live cap or create rate stayed saturated",
+                error_type="Throttled") from None
+
     async def _phases(self) -> None:
         if self.prepared is None or not await self._timed("ready", self._use_prepared()):
             await self._timed("provision", self._provision())
@@ -336,6 +367,8 @@ class RolloutRunner:
                 pass
 
     async def _teardown(self) -> None:
+        # Reported to the driver: a rollout in teardown has teardown_timeout_s more to go.
+        self._phase_at_end, self.phase = self.phase, "teardown"
         t0 = time.monotonic()
         try:
             await shielded(asyncio.wait_for(self._release(), self.config.teardown_timeout_s))
@@ -349,6 +382,9 @@ class RolloutRunner:
                 self._sandbox_s = time.monotonic() - self._sandbox_t0
 
     async def _release(self) -> None:
+        release = getattr(self.provider, "release_grant", None)
+        if self.handle is None and release is not None:  # granted, never created
+            release(sandbox_spec(self.rollout, self.config, self.deadline_s).name)
         if self.client is not None:
             if self._env_unresponsive:
                 await self.client.close()
@@ -380,7 +416,7 @@ class RolloutRunner:
             worker_id=self.config.worker_id,
             node_id=self.config.node_id,
             status=status,
-            timeout_phase=self.phase if status is Status.TIMEOUT else None,
+            timeout_phase=(self._phase_at_end or self.phase) if status is Status.TIMEOUT else None,
             error_type=failure.error_type if failure else None,
             error_message=message,
             fatal=bool(failure and failure.fatal),
@@ -393,13 +429,14 @@ class RolloutRunner:
             columns=task.columns,
             started_at=self.started_at,
             finished_at=utcnow(),
+            throttle_s=self.timings.get("throttle"),
             provision_s=self.timings.get("provision"),
             ready_s=self.timings.get("ready"),
             start_s=self.timings.get("start"),
             agent_s=self.timings.get("agent"),
             grade_s=self.timings.get("grade"),
             teardown_s=self.timings.get("teardown"),
-            total_s=time.monotonic() - self._t0,
+            total_s=time.monotonic() - self._begun,
             sandbox_seconds=self._sandbox_s,
         )
 

@@ -44,6 +44,10 @@ from providers import LABEL_RUN, LABEL_SANDBOX, Provider, UnsupportedSpecError, 
 
 log = logging.getLogger("hud_ray.scheduler")
 SLOT_RESOURCE = "sandbox_slots"
+LOOP_STALL_S = 2.0  # a worker loop silent this long (it ticks every 0.25 s) is blocked
+PROBE_TIMEOUT_S = 2.0  # the watch thread answers in milliseconds unless the process hangs
+BACKSTOP_S = 30.0
+SILENT_S = 3.0  # a `step` unanswered this long: ask the worker's watch thread  # past its teardown allowance + this, even a healthy worker is killed
 
 
 class RunAborted(RuntimeError):
@@ -62,7 +66,7 @@ class SchedulerConfig(BaseModel):
     retry_backoff_s: float = 1.0
     retry_backoff_max_s: float = 30.0
     step_wait_s: float = 0.5
-    deadline_grace_s: float = 15.0
+    deadline_grace_s: float = 5.0
     max_worker_replacements: int = 20
     max_failures: int | None = None
     max_failure_fraction: float | None = None
@@ -250,12 +254,13 @@ class Scheduler:
             now = time.monotonic()
             for rollout, attempt in items:
                 worker.inflight[rollout.rollout_key] = Flight(
-                    rollout, attempt, now, self._budget_s(rollout))
+                    rollout, attempt, now, self._deadline_s(rollout))
             drain = (self._source_done and not self._retry_heap and not self._lookahead
                      and not worker.drained)
             worker.drained = worker.drained or drain
             if worker.inflight or items or drain:
                 worker.step_ref = worker.actor.step.remote(items, self.config.step_wait_s, drain)
+                worker.step_sent = time.monotonic()
 
     def _take(self, free: int, worker: WorkerSlot) -> list[tuple[Rollout, int]]:
         items: list[tuple[Rollout, int]] = []
@@ -351,29 +356,87 @@ class Scheduler:
             for row in reply["rows"]:
                 self._land(row, worker.inflight.pop(row["rollout_key"], None))
             worker.warm = reply.get("warm", {})
-            for key, phase in reply.get("phases", {}).items():
-                if key in worker.inflight:
-                    worker.inflight[key].phase = phase
+            self._note_progress(worker, reply)
 
-    def _budget_s(self, rollout: Rollout) -> float:
-        """Wall clock a worker gets for one rollout before the driver steps in."""
+    @staticmethod
+    def _note_progress(worker: WorkerSlot, reply: dict[str, Any]) -> None:
+        """Phases and deadline clocks the worker reported (a step reply or `watch`)."""
+        for key, phase in reply.get("phases", {}).items():
+            if key in worker.inflight:
+                worker.inflight[key].phase = phase
+        for key, clock_at in reply.get("clocks", {}).items():
+            if key in worker.inflight:
+                worker.inflight[key].clock_at = clock_at
+
+    def _deadline_s(self, rollout: Rollout) -> float:
         limits = rollout.task.runtime_config.limits if rollout.task.runtime_config else None
-        deadline = (limits.run_timeout_s if limits and limits.run_timeout_s
-                    else self.config.rollout.get("deadline_s", 600.0))
-        teardown = self.config.rollout.get("teardown_timeout_s", 60.0)
-        return deadline + teardown + self.config.deadline_grace_s
+        return (limits.run_timeout_s if limits and limits.run_timeout_s
+                else self.rollout_config.deadline_s)
+
+    def _answer_due(self, flight: Flight) -> float:
+        """Wall time by which a healthy worker has ended this rollout's deadline itself."""
+        rc, grace = self.rollout_config, self.config.deadline_grace_s
+        if flight.clock_at is None:  # still throttled (or not reported): its own limit first
+            return (flight.sent_wall + rc.throttle_timeout_s + flight.deadline_s
+                    + rc.teardown_timeout_s + grace)
+        if flight.phase == "teardown":
+            return flight.clock_at + flight.deadline_s + rc.teardown_timeout_s + grace
+        return flight.clock_at + flight.deadline_s + grace
 
     def _enforce_deadlines(self) -> None:
-        """Kill a worker that holds a rollout past its budget: a hung event loop or a
-        stuck teardown must not hold the run hostage."""
-        now = time.monotonic()
+        """A rollout past its deadline (+ grace) that its worker has not ended: ask the
+        worker's watch thread why. A blocked event loop (a sync call in an agent) gets
+        the worker killed: the rollout holding the loop is the `timeout`, in the phase it
+        is really in; its neighbours are `infra_error` and retried. A healthy loop ends its
+        own deadlines (teardown included) and is left alone, up to a backstop."""
+        now = time.time()
         for worker in list(self.workers):
-            overdue = {k for k, f in worker.inflight.items() if now - f.sent_at > f.budget_s}
-            if overdue:
-                ray.kill(worker.actor, no_restart=True)
-                self._replace(worker, f"worker missed the rollout deadline (+grace) of "
-                                      f"{min(worker.inflight[k].budget_s for k in overdue):.0f}s; "
-                                      "killed", overdue)
+            if not worker.inflight or now < worker.next_probe:
+                continue
+            # A healthy worker answers `step` within step_wait_s: one silent for longer may
+            # have blocked before it could even report its rollouts' clocks and phases.
+            silent = (worker.step_ref is not None
+                      and time.monotonic() - worker.step_sent > SILENT_S)
+            overdue = {k for k, f in worker.inflight.items() if now > self._answer_due(f)}
+            if not overdue and not silent:
+                continue
+            verdict = self._probe(worker)
+            worker.next_probe = now + 1.0
+            if verdict is not None:
+                self._note_progress(worker, verdict)
+                overdue = {k for k, f in worker.inflight.items() if now > self._answer_due(f)}
+            if not overdue:
+                continue
+            blocked = verdict is None or verdict["loop_lag_s"] >= LOOP_STALL_S
+            backstop = self.rollout_config.teardown_timeout_s + BACKSTOP_S
+            if not blocked and all(now < self._answer_due(worker.inflight[k]) + backstop
+                                   for k in overdue):
+                continue
+            self._kill_overdue(worker, overdue, verdict)
+
+    def _probe(self, worker: WorkerSlot) -> dict[str, Any] | None:
+        try:
+            return ray.get(worker.actor.watch.remote(), timeout=PROBE_TIMEOUT_S)
+        except Exception:  # dead, or even its watch thread cannot answer (GIL held)
+            return None
+
+    def _kill_overdue(self, worker: WorkerSlot, overdue: set[str],
+                      verdict: dict[str, Any] | None) -> None:
+        current = verdict.get("current") if verdict else None
+        if current in worker.inflight:
+            culprits = {current}
+            lag = verdict["loop_lag_s"] if verdict else 0.0
+            reason = (f"rollout {current} blocked its worker's event loop for {lag:.0f}s, "
+                      f"past its deadline of {worker.inflight[current].deadline_s:g}s; "
+                      "worker killed")
+        else:
+            culprits = overdue
+            grace = self.config.deadline_grace_s
+            state = "no answer from it" if verdict is None else "its loop is stuck"
+            reason = (f"worker did not end rollouts past their deadline (+{grace:g}s grace): "
+                      f"{state}; worker killed")
+        ray.kill(worker.actor, no_restart=True)
+        self._replace(worker, reason, culprits)
 
     def _land(self, row: dict[str, Any], entry: Flight | None) -> None:
         fatal = row.pop("_fatal", False)

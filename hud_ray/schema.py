@@ -25,7 +25,7 @@ class Status(StrEnum):
 
 
 RETRYABLE = frozenset({Status.INFRA_ERROR, Status.QUOTA_ERROR})
-PHASES = ("provision", "ready", "start", "agent", "grade", "teardown")
+PHASES = ("throttle", "provision", "ready", "start", "agent", "grade", "teardown")
 
 
 class RolloutResult(BaseModel):
@@ -61,6 +61,9 @@ class RolloutResult(BaseModel):
     queued_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # Waiting for the governor's create grant (live cap / create rate): before the
+    # deadline clock, bounded by its own limit (throttle_timeout_s → quota_error).
+    throttle_s: float | None = None
     provision_s: float | None = None
     ready_s: float | None = None
     start_s: float | None = None
@@ -101,6 +104,7 @@ def _fields() -> list[tuple[str, Any]]:
         ("grade", pa.string()), ("answer", pa.string()), ("prompt", pa.string()),
         ("steps", pa.string()), ("columns", pa.string()),
         ("queued_at", ts), ("started_at", ts), ("finished_at", ts),
+        ("throttle_s", pa.float64()),
         ("provision_s", pa.float64()), ("ready_s", pa.float64()), ("start_s", pa.float64()),
         ("agent_s", pa.float64()), ("grade_s", pa.float64()), ("teardown_s", pa.float64()),
         ("total_s", pa.float64()), ("sandbox_seconds", pa.float64()),
@@ -110,5 +114,6 @@ def _fields() -> list[tuple[str, Any]]:
 def arrow_schema() -> Any:
     import pyarrow as pa
 
-    # 2: task_fingerprint (rows of version 1 have none; a resume keeps them as they are)
+    # 2: task_fingerprint (rows of version 1 have none; a resume keeps them as they are),
+    #    throttle_s
     return pa.schema(_fields(), metadata={"hud_ray.schema_version": "2"})
