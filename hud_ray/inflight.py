@@ -13,7 +13,7 @@ from typing import Any
 
 from hud_ray.schema import Status
 from hud_ray.tasks import Rollout, task_fingerprint
-from providers import get_provider
+from providers import LABEL_RUN, LABEL_SANDBOX, get_provider, sandbox_name
 
 log = logging.getLogger("hud_ray.scheduler")
 
@@ -67,6 +67,14 @@ def failure_row(flight: Flight, config: Any, status: Status,
         error_message=message, attempts=flight.attempt, columns=task.columns,
         finished_at=utcnow(), total_s=time.monotonic() - flight.sent_at,
     ).to_row()
+
+
+def lost_sandbox_labels(run_id: str, rollout_key: str, attempt: int,
+                        incarnation: str) -> dict[str, str]:
+    """Labels that find exactly one lost attempt's sandbox (this incarnation, this attempt):
+    a slow reap after a worker death must never find the live retry's sandbox."""
+    return {LABEL_RUN: run_id,
+            LABEL_SANDBOX: sandbox_name(run_id, rollout_key, attempt, incarnation)}
 
 
 def reap_in_background(provider_name: str, options: dict[str, Any],

@@ -32,7 +32,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray.exceptions import RayActorError
 
 from hud_ray.incarnation import driver_identity, new_incarnation
-from hud_ray.inflight import Flight, WorkerSlot, failure_row, reap_in_background
+from hud_ray.inflight import (
+    Flight,
+    WorkerSlot,
+    failure_row,
+    lost_sandbox_labels,
+    reap_in_background,
+)
 from hud_ray.leftovers import sweep_leftovers
 from hud_ray.results import ResultWriter
 from hud_ray.rollout import RolloutConfig, sandbox_spec, warm_labels
@@ -40,7 +46,7 @@ from hud_ray.schema import RETRYABLE, Status
 from hud_ray.tasks import Rollout, TaskFileError, task_fingerprint
 from hud_ray.warm import spec_key
 from hud_ray.worker import RolloutWorker
-from providers import LABEL_RUN, LABEL_SANDBOX, Provider, UnsupportedSpecError, sandbox_name
+from providers import Provider, UnsupportedSpecError
 
 log = logging.getLogger("hud_ray.scheduler")
 SLOT_RESOURCE = "sandbox_slots"
@@ -234,11 +240,8 @@ class Scheduler:
     def _reap(self, lost: list[Flight], worker: WorkerSlot | None = None) -> None:
         """Destroy what a dead worker left behind, found by labels (in the background):
         its rollouts' sandboxes and, not counting on the governor, its warm ones."""
-        # By exact sandbox name (this incarnation, this attempt): a slow reap must never
-        # find the live retry's sandbox.
-        labels = [{LABEL_RUN: self.config.run_id,
-                   LABEL_SANDBOX: sandbox_name(self.config.run_id, f.rollout.rollout_key,
-                                               f.attempt, self.incarnation)} for f in lost]
+        labels = [lost_sandbox_labels(self.config.run_id, f.rollout.rollout_key, f.attempt,
+                                      self.incarnation) for f in lost]
         if worker is not None and self.config.warm_per_slot > 0:
             labels.append(warm_labels(self.rollout_config, worker.worker_id))
         if labels:
@@ -345,18 +348,21 @@ class Scheduler:
             return
         ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.2)
         for ref in ready:
-            worker = refs[ref]
-            worker.step_ref = None
-            try:
-                reply = ray.get(ref)
-                self.step_replies += 1
-            except RayActorError as exc:
-                self._replace(worker, exc)
-                continue
-            for row in reply["rows"]:
-                self._land(row, worker.inflight.pop(row["rollout_key"], None))
-            worker.warm = reply.get("warm", {})
-            self._note_progress(worker, reply)
+            self._take_reply(refs[ref])
+
+    def _take_reply(self, worker: WorkerSlot) -> None:
+        """Land the rows of the worker's `step` reply (ready), note its progress."""
+        ref, worker.step_ref = worker.step_ref, None
+        try:
+            reply = ray.get(ref)
+            self.step_replies += 1
+        except RayActorError as exc:
+            self._replace(worker, exc)
+            return
+        for row in reply["rows"]:
+            self._land(row, worker.inflight.pop(row["rollout_key"], None))
+        worker.warm = reply.get("warm", {})
+        self._note_progress(worker, reply)
 
     @staticmethod
     def _note_progress(worker: WorkerSlot, reply: dict[str, Any]) -> None:
@@ -422,6 +428,14 @@ class Scheduler:
 
     def _kill_overdue(self, worker: WorkerSlot, overdue: set[str],
                       verdict: dict[str, Any] | None) -> None:
+        if worker.step_ref is not None and ray.wait([worker.step_ref], timeout=0)[0]:
+            # Rows it finished before we gave up on it are kept, not rerun.
+            self._take_reply(worker)
+            if worker not in self.workers:
+                return  # it died meanwhile and was replaced
+            overdue &= set(worker.inflight)
+            if not overdue:
+                return
         current = verdict.get("current") if verdict else None
         if current in worker.inflight:
             culprits = {current}
