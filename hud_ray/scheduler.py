@@ -465,6 +465,15 @@ class Scheduler:
             return  # not written: a resume runs it again
         self._write(row)
 
+    def _final(self, row: dict[str, Any]) -> bool:
+        """A row collected at an interrupt is written only if it would have been final:
+        not cancelled, not fatal, not a retryable failure with attempts left (a resume
+        runs those again — written, they would be skipped as done)."""
+        fatal = row.pop("_fatal", False)
+        if fatal or row["status"] == Status.CANCELLED:
+            return False
+        return not (row["status"] in RETRYABLE and row["attempts"] < self.config.max_attempts)
+
     def _after_failure(self, rollout: Rollout, attempt: int, row: dict[str, Any]) -> None:
         if attempt < self.config.max_attempts and not self._abort:
             self._schedule_retry(rollout, attempt + 1)
@@ -524,8 +533,7 @@ class Scheduler:
                 continue
             if interrupted:
                 for row in rows:
-                    if row["status"] != Status.CANCELLED:
-                        row.pop("_fatal", None)
+                    if self._final(row):
                         self.sink.add(row)
                 self._reap(list(worker.inflight.values()))
         for worker in self.workers:
