@@ -30,7 +30,7 @@ from hud_ray.prices import check_prices
 from hud_ray.progress import Progress
 from hud_ray.redact import install_log_scrubber, redacted, run_scrubber
 from hud_ray.results import ResultWriter, done_keys, read_manifest, read_results
-from hud_ray.tasks import Task, count_rows, expand, tasks_from
+from hud_ray.tasks import Task, count_rows, expand, file_digest, tasks_from
 from providers import get_provider
 
 log = logging.getLogger("hud_ray")
@@ -137,6 +137,7 @@ def plan_run(
     workers: int | None = None,
     timeout_s: float = 600.0,
     ready_timeout_s: float = 120.0,
+    throttle_timeout_s: float = 600.0,
     max_attempts: int = 3,
     max_failures: int | None = None,
     max_failure_fraction: float | None = None,
@@ -146,7 +147,7 @@ def plan_run(
     flush_s: float = 2.0,
     retry_backoff_s: float = 1.0,
     teardown_timeout_s: float = 60.0,
-    deadline_grace_s: float = 15.0,
+    deadline_grace_s: float = 5.0,
     governor: dict[str, Any] | bool | None = True,
     warm: float | None = None,
     provider_options: dict[str, Any] | None = None,
@@ -165,7 +166,7 @@ def plan_run(
     # Before the run directory or Ray: a bad input ends in one message, nothing touched.
     preflight.check_settings(
         concurrency=concurrency, repeats=repeats, workers=workers, timeout_s=timeout_s,
-        ready_timeout_s=ready_timeout_s, max_attempts=max_attempts, max_failures=max_failures,
+        ready_timeout_s=ready_timeout_s, throttle_timeout_s=throttle_timeout_s, max_attempts=max_attempts, max_failures=max_failures,
         max_failure_fraction=max_failure_fraction, warm=warm)
     preflight.check_governor(governor)
     prices = check_prices(prices)
@@ -188,6 +189,7 @@ def plan_run(
     agent_label = agent_spec if isinstance(agent_spec, str) else agent_name(agent)
     config = {
         "tasks": str(tasks) if isinstance(tasks, str | Path) else "<in-memory>",
+        **_task_file_identity(tasks),
         "agent": agent_label, "agent_config": redacted_config(agent_config),
         "llm_limits": llm_limits,
         "provider": provider, "repeats": repeats, "variant": variant,
@@ -212,7 +214,8 @@ def plan_run(
         max_failures=max_failures, max_failure_fraction=max_failure_fraction,
         retry_backoff_s=retry_backoff_s, deadline_grace_s=deadline_grace_s,
         rollout={"deadline_s": timeout_s, "ready_timeout_s": min(ready_timeout_s, timeout_s),
-                 "teardown_timeout_s": teardown_timeout_s, "keep_raw": keep_raw,
+                 "teardown_timeout_s": teardown_timeout_s,
+                 "throttle_timeout_s": throttle_timeout_s, "keep_raw": keep_raw,
                  "prices": prices},
         env_vars=env_vars, governor=governor_settings(governor), resume=resume,
         probe_first=probe,
@@ -224,6 +227,13 @@ def plan_run(
     scheduler = Scheduler(sched_config, rollouts, writer, driver_provider, skip_keys=skip,
                           progress=bar)
     return RunPlan(run_dir=run_dir, scheduler=scheduler, progress=bar)
+
+
+def _task_file_identity(tasks: Any) -> dict[str, Any]:
+    """How a resume recognises the task file: its real path and its bytes' digest."""
+    if not isinstance(tasks, str | Path):
+        return {}
+    return {"tasks_realpath": os.path.realpath(tasks), "tasks_sha256": file_digest(tasks)}
 
 
 def stream_distributed(tasks: Any, agent: Any, provider: str = "local",

@@ -105,7 +105,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs", help="directory holding run directories")
     p.add_argument("--run-id", default=None, help="name of the run directory")
     p.add_argument("--resume", action="store_true", help="skip rollout_keys already written")
-    p.add_argument("--timeout", type=float, default=600.0, help="per-rollout deadline, s")
+    p.add_argument("--timeout", type=float, default=600.0, help="per-rollout deadline, s "
+                   "(from the create grant: waiting for one is not charged to it)")
+    p.add_argument("--throttle-timeout", type=float, default=600.0,
+                   help="longest wait for a create grant (live cap / create rate), s; "
+                        "then quota_error, retried")
     p.add_argument("--max-attempts", type=int, default=3, help="tries for infra failures")
     p.add_argument("--max-failures", default=None, metavar="N|P%",
                    help="stop the run after N failed rollouts (or more than P%%)")
@@ -239,7 +243,8 @@ def cmd_run(args: argparse.Namespace, tasks: str, agent: str) -> int:
         tasks, agent, args.provider, agent_config=agent_config or None,
         concurrency=args.concurrency, repeats=args.repeats,
         out=args.out, run_id=args.run_id, resume=args.resume, workers=args.workers,
-        timeout_s=args.timeout, max_attempts=args.max_attempts,
+        timeout_s=args.timeout, throttle_timeout_s=args.throttle_timeout,
+        max_attempts=args.max_attempts,
         progress=not args.no_progress, governor=governor_policy(args), warm=args.warm,
         probe=not args.no_probe, keep_raw=args.keep_raw,
         llm_limits=parse_options(args.llm_limit, "--llm-limit") or None,

@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 
 from hud_ray.metrics import record_governor
 from providers import (
+    LABEL_INCARNATION,
     LABEL_ROLLOUT,
     LABEL_RUN,
     LABEL_SANDBOX,
@@ -75,6 +76,7 @@ class LedgerEntry:
     node_id: str | None = None
     handle: dict[str, Any] | None = None
     created_at: float = field(default_factory=time.time)
+    incarnation: str = ""  # the driver start that asked for it ("" = an old client)
     doomed: bool = False  # chosen by the reaper: an orphan now, whatever comes later
     looks: int = 0  # label searches so far for a create that never answered
     next_look: float = 0.0
@@ -100,6 +102,8 @@ class GovernorImpl:
         self._refilled = time.monotonic()
         self._last_quota = 0.0
         self.ledger: dict[str, LedgerEntry] = {}
+        # Keyed by incarnation (a driver start), not run id: a run id used again in one
+        # Ray session is a new incarnation, never "finished" at its start.
         self.run_seen: dict[str, float] = {}
         self.finished_runs: set[str] = set()
         self.gone_workers: set[str] = set()
@@ -136,7 +140,7 @@ class GovernorImpl:
                 for raw in entries[:grant]:
                     entry = LedgerEntry(**raw)
                     self.ledger[entry.name] = entry
-                    self.run_seen.setdefault(entry.run_id, time.monotonic())
+                    self.run_seen.setdefault(_life(entry), time.monotonic())
                 self.counters["granted"] += grant
                 self._report()
                 return grant
@@ -185,27 +189,42 @@ class GovernorImpl:
         return changed
 
     # --- runs and workers ------------------------------------------------------------
-    async def heartbeat(self, run_id: str, lease_s: float | None = None) -> None:
-        """The run is alive. `lease_s`: its own lease, so a later run that changes the
-        policy's `run_lease_s` does not shorten the lease of a run already going."""
+    async def heartbeat(self, run_id: str, lease_s: float | None = None,
+                        incarnation: str = "") -> None:
+        """The incarnation (a driver start of `run_id`) is alive. `lease_s`: its own lease,
+        so a later run that changes the policy's `run_lease_s` does not shorten the lease
+        of a run already going."""
         self._ensure_reaper()
-        self.run_seen[run_id] = time.monotonic()
+        life = incarnation or run_id
+        self.run_seen[life] = time.monotonic()
         if lease_s is not None:
-            self.run_lease[run_id] = lease_s
+            self.run_lease[life] = lease_s
 
-    async def run_finished(self, run_id: str) -> None:
-        self.finished_runs.add(run_id)
+    async def run_finished(self, run_id: str, incarnation: str = "") -> None:
+        """This driver start is over: what it still holds is orphaned. A later start of
+        the same run id is another incarnation and unaffected."""
+        life = incarnation or run_id
+        self.finished_runs.add(life)
+        self.run_seen.pop(life, None)
+        self.run_lease.pop(life, None)
         await self.reap_once()
+        self._forget_finished()
 
-    async def reap_run(self, run_id: str) -> int:
-        """Destroy every sandbox of `run_id` now: a resumed run's previous driver died
-        and its sandboxes are orphans (the new driver has created none yet)."""
-        self.run_seen.pop(run_id, None)
-        self.finished_runs.add(run_id)
-        try:
-            return await self.reap_once()
-        finally:
-            self.finished_runs.discard(run_id)
+    async def reap_run(self, run_id: str, keep_incarnation: str = "") -> int:
+        """Destroy every sandbox of `run_id` held by another incarnation than
+        `keep_incarnation`: a resumed run's predecessors are dead or done, and what they
+        left is orphaned (the new driver has created none yet)."""
+        for entry in self.ledger.values():
+            if entry.run_id == run_id and (not keep_incarnation
+                                           or entry.incarnation != keep_incarnation):
+                entry.doomed = True
+        return await self.reap_once()
+
+    def _forget_finished(self) -> None:
+        """Keep the finished set bounded: an incarnation with nothing left in the ledger
+        needs no mark (a late grant for it expires by lease, as any silent run's)."""
+        holding = {_life(e) for e in self.ledger.values()}
+        self.finished_runs &= holding
 
     async def worker_gone(self, worker_id: str) -> None:
         self.gone_workers.add(worker_id)
@@ -236,9 +255,10 @@ class GovernorImpl:
         now_mono, now = time.monotonic(), time.time()
         out = []
         for entry in self.ledger.values():
-            lease = self.run_lease.get(entry.run_id, self.policy.run_lease_s)
-            run_dead = (entry.run_id in self.finished_runs
-                        or now_mono - self.run_seen.get(entry.run_id, now_mono) > lease)
+            life = _life(entry)
+            lease = self.run_lease.get(life, self.policy.run_lease_s)
+            run_dead = (life in self.finished_runs
+                        or now_mono - self.run_seen.get(life, now_mono) > lease)
             if (entry.doomed or run_dead or entry.worker_id in self.gone_workers
                     or now > entry.deadline + self.policy.deadline_grace_s):
                 entry.doomed = True
@@ -261,6 +281,7 @@ class GovernorImpl:
                 done += await self._reap_entry(entry, provider)
             self.counters["reaped"] += done
             self._changed.set()
+            self._forget_finished()
             if not any(e.doomed for e in self.ledger.values()):
                 # Nothing left to look for: release the provider's clients (and flush its
                 # books) until the next orphan.
@@ -316,6 +337,11 @@ class GovernorImpl:
         if self._provider is None:
             self._provider = get_provider(self.provider_name, **self.provider_options)
         return self._provider
+
+
+def _life(entry: LedgerEntry) -> str:
+    """What an entry's liveness hangs on: its incarnation (its run id for old clients)."""
+    return entry.incarnation or entry.run_id
 
 
 Governor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)(GovernorImpl)
@@ -435,6 +461,7 @@ class GovernedProvider(Provider):
         self.name = inner.name  # type: ignore[misc]
         self.capabilities = inner.capabilities  # type: ignore[misc]
         self.options = inner.options
+        self._reserved: set[str] = set()  # granted ahead of their create (`reserve`)
 
     def check_config(self) -> None:
         self.inner.check_config()
@@ -442,13 +469,32 @@ class GovernedProvider(Provider):
     def check_spec(self, spec: SandboxSpec) -> None:
         self.inner.check_spec(spec)
 
+    def _entry(self, spec: SandboxSpec, labels: dict[str, str]) -> dict[str, Any]:
+        return {"name": spec.name, "run_id": labels.get(LABEL_RUN, ""),
+                "incarnation": labels.get(LABEL_INCARNATION, ""),
+                "rollout_key": labels.get(LABEL_ROLLOUT, ""), "labels": labels,
+                "deadline": time.time() + spec.lifetime_s, "worker_id": self.worker_id,
+                "node_id": self.node_id}
+
+    async def reserve_grant(self, spec: SandboxSpec, labels: dict[str, str]) -> None:
+        """Wait for the create grant of `spec` now (the rollout's `throttle` phase); the
+        `create` that follows uses it. The ledger entry is made at the grant, as always."""
+        labels = {**labels, LABEL_SANDBOX: spec.name}
+        await self.client.acquire(self._entry(spec, labels))
+        self._reserved.add(spec.name)
+
+    def release_grant(self, name: str) -> None:
+        """A grant whose create never came (the rollout failed first): give it back."""
+        if name in self._reserved:
+            self._reserved.discard(name)
+            self.client.destroyed(name)
+
     async def create(self, spec: SandboxSpec, labels: dict[str, str]) -> SandboxHandle:
         labels = {**labels, LABEL_SANDBOX: spec.name}
-        entry = {"name": spec.name, "run_id": labels.get(LABEL_RUN, ""),
-                 "rollout_key": labels.get(LABEL_ROLLOUT, ""), "labels": labels,
-                 "deadline": time.time() + spec.lifetime_s, "worker_id": self.worker_id,
-                 "node_id": self.node_id}
-        await self.client.acquire(entry)
+        if spec.name in self._reserved:
+            self._reserved.discard(spec.name)
+        else:
+            await self.client.acquire(self._entry(spec, labels))
         try:
             handle = await self.inner.create(spec, labels)
         except QuotaError:

@@ -12,20 +12,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hud_ray.schema import Status
-from hud_ray.tasks import Rollout
-from providers import get_provider
+from hud_ray.tasks import Rollout, task_fingerprint
+from providers import LABEL_RUN, LABEL_SANDBOX, get_provider, sandbox_name
 
 log = logging.getLogger("hud_ray.scheduler")
 
 
 @dataclass
 class Flight:
-    """A rollout handed to a worker: when, with what budget, last phase it reported."""
+    """A rollout handed to a worker: when, with what deadline, when its deadline clock
+    started (wall time, at the grant: reported by the worker), last phase it reported."""
 
     rollout: Rollout
     attempt: int
-    sent_at: float
-    budget_s: float
+    sent_at: float  # monotonic
+    deadline_s: float
+    sent_wall: float = field(default_factory=time.time)
+    clock_at: float | None = None
     phase: str = "provision"
 
 
@@ -39,6 +42,8 @@ class WorkerSlot:
     step_ref: Any = None
     drained: bool = False
     warm: dict[str, int] = field(default_factory=dict)
+    next_probe: float = 0.0  # wall time: no watch probe before then
+    step_sent: float = 0.0  # monotonic: when the `step` call in flight was sent
 
 
 def failure_row(flight: Flight, config: Any, status: Status,
@@ -51,7 +56,8 @@ def failure_row(flight: Flight, config: Any, status: Status,
     timed_out = status is Status.TIMEOUT
     return RolloutResult(
         run_id=config.run_id, rollout_key=rollout.rollout_key, slug=task.slug or "",
-        env=task.env_name, template_id=task.id, args=task.args, group_id=rollout.group_id,
+        env=task.env_name, template_id=task.id, args=task.args,
+        task_fingerprint=task_fingerprint(task), group_id=rollout.group_id,
         repeat=rollout.repeat, variant=rollout.variant,
         agent=agent_name(config.agent.get(rollout.variant, "")
                          if isinstance(config.agent, dict) else config.agent),
@@ -61,6 +67,14 @@ def failure_row(flight: Flight, config: Any, status: Status,
         error_message=message, attempts=flight.attempt, columns=task.columns,
         finished_at=utcnow(), total_s=time.monotonic() - flight.sent_at,
     ).to_row()
+
+
+def lost_sandbox_labels(run_id: str, rollout_key: str, attempt: int,
+                        incarnation: str) -> dict[str, str]:
+    """Labels that find exactly one lost attempt's sandbox (this incarnation, this attempt):
+    a slow reap after a worker death must never find the live retry's sandbox."""
+    return {LABEL_RUN: run_id,
+            LABEL_SANDBOX: sandbox_name(run_id, rollout_key, attempt, incarnation)}
 
 
 def reap_in_background(provider_name: str, options: dict[str, Any],

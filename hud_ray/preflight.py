@@ -29,6 +29,7 @@ PRESCAN_ROWS = 200_000
 def check_settings(
     *, concurrency: Any, repeats: Any, workers: Any, timeout_s: Any, ready_timeout_s: Any,
     max_attempts: Any, max_failures: Any, max_failure_fraction: Any, warm: Any,
+    throttle_timeout_s: Any = 600.0,
 ) -> None:
     """Numbers that make no sense as run settings (0 slots, 0 repeats, a 0 s deadline)."""
     _whole("concurrency", "--concurrency", concurrency, 1)
@@ -40,6 +41,7 @@ def check_settings(
         _whole("max_failures", "--max-failures", max_failures, 0)
     _positive("timeout_s", "--timeout", timeout_s)
     _positive("ready_timeout_s", None, ready_timeout_s)
+    _positive("throttle_timeout_s", "--throttle-timeout", throttle_timeout_s)
     if max_failure_fraction is not None and not (
         _is_number(max_failure_fraction) and 0 <= max_failure_fraction <= 1
     ):

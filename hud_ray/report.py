@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from hud_ray.results import read_manifest, read_results
+from hud_ray.results import duplicate_rows, read_manifest, read_results
 from hud_ray.schema import PHASES
 
 
@@ -247,4 +247,12 @@ def _columns(table: list[list[str]]) -> list[str]:
 def report_run(run_dir: str | Path, as_json: bool = False) -> str:
     read_manifest(run_dir)  # a clear error for a directory that is not a run
     report = build_report(read_results(run_dir))
-    return json.dumps(report, indent=2) if as_json else format_report(report, run_dir)
+    extra, keys = duplicate_rows(run_dir)
+    report["duplicate_rows"] = extra
+    if as_json:
+        return json.dumps(report, indent=2)
+    text = format_report(report, run_dir)
+    if extra:  # two writers once shared this run: say so, count each rollout once
+        text += (f"\nnote: {extra} duplicate row(s) for {keys} rollout key(s) in the parts; "
+                 "the latest row of each key is the one counted")
+    return text

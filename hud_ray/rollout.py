@@ -1,6 +1,9 @@
-"""One rollout, no Ray: provision → ready → start → agent → grade → teardown.
+"""One rollout, no Ray: (throttle) → provision → ready → start → agent → grade → teardown.
 
-One wall-clock deadline covers provision through grade; on expiry the env gets
+Under a governor, the rollout first waits for its create grant (`throttle`: the account's
+live cap or create rate is saturated, maybe by other drivers) — a phase of its own with its
+own limit (`throttle_timeout_s` → `quota_error`, retried), outside the deadline. One
+wall-clock deadline then covers provision through grade; on expiry the env gets
 `tasks.cancel` and the row says `timeout` with the phase it was in. Teardown runs
 shielded from cancellation, so a sandbox is destroyed even when the caller is cancelled.
 A failed rollout is a row (see `schema.Status`), never an exception.
@@ -19,7 +22,7 @@ from pydantic import BaseModel
 from hud_ray.agents import Agent, Session, agent_name
 from hud_ray.llm_governor import LLM_WAIT
 from hud_ray.schema import RolloutResult, Status, utcnow
-from hud_ray.tasks import Rollout
+from hud_ray.tasks import Rollout, task_fingerprint
 from hud_ray.trajectory import step_rows, summary
 from hud_ray.wire import (
     EnvClient,
@@ -32,9 +35,12 @@ from hud_ray.wire import (
     WireTimeout,
 )
 from providers import (
+    LABEL_DRIVER,
+    LABEL_INCARNATION,
     LABEL_OWNER,
     LABEL_ROLLOUT,
     LABEL_RUN,
+    LABEL_SANDBOX,
     LABEL_WORKER,
     Endpoint,
     EnvStartError,
@@ -50,9 +56,12 @@ from providers import (
 
 class RolloutConfig(BaseModel):
     run_id: str = "adhoc"
+    incarnation: str = ""  # this driver start of the run (hud_ray.incarnation)
+    driver: str = ""  # the driver's host:pid:start-time, so a later one can prove it dead
     owner: str = "hud-ray"
     deadline_s: float = 600.0
     ready_timeout_s: float = 120.0
+    throttle_timeout_s: float = 600.0  # longest wait for a create grant (then quota_error)
     cancel_timeout_s: float = 5.0
     teardown_timeout_s: float = 60.0
     heartbeat_s: float | None = 120.0
@@ -92,21 +101,26 @@ ENV_START_ERROR = "EnvStartError"
 WARM_ROLLOUT_LABEL = "(warm)"  # the rollout label of a sandbox warmed ahead of its rollout
 
 
-def rollout_labels(run_id: str, rollout_key: str, owner: str) -> dict[str, str]:
-    return {LABEL_RUN: run_id, LABEL_ROLLOUT: rollout_key, LABEL_OWNER: owner}
+def rollout_labels(config: RolloutConfig, rollout_key: str) -> dict[str, str]:
+    labels = {LABEL_RUN: config.run_id, LABEL_ROLLOUT: rollout_key, LABEL_OWNER: config.owner}
+    if config.incarnation:
+        labels[LABEL_INCARNATION] = config.incarnation
+    if config.driver:
+        labels[LABEL_DRIVER] = config.driver
+    return labels
 
 
-def warm_labels(run_id: str, worker_id: str, owner: str) -> dict[str, str]:
+def warm_labels(config: RolloutConfig, worker_id: str) -> dict[str, str]:
     """A warm sandbox has no rollout yet (and keeps these labels once one claims it): the
     worker that made it is how a reaper finds it after that worker dies."""
-    return {**rollout_labels(run_id, WARM_ROLLOUT_LABEL, owner), LABEL_WORKER: worker_id}
+    return {**rollout_labels(config, WARM_ROLLOUT_LABEL), LABEL_WORKER: worker_id}
 
 
 def sandbox_spec(rollout: Rollout, config: RolloutConfig, deadline_s: float) -> SandboxSpec:
     runtime = rollout.task.runtime_config
     limits = runtime.limits if runtime else None
     return SandboxSpec(
-        name=sandbox_name(config.run_id, rollout.rollout_key, config.attempt),
+        name=sandbox_name(config.run_id, rollout.rollout_key, config.attempt, config.incarnation),
         image=runtime.image if runtime else None,
         compose=runtime.compose if runtime else None,
         env_name=rollout.task.env_name,
@@ -134,6 +148,8 @@ class RolloutRunner:
         self.deadline_s = (limits.run_timeout_s if limits and limits.run_timeout_s
                            else config.deadline_s)
         self.phase = "provision"
+        self._phase_at_end: str | None = None  # the phase a failure happened in
+        self.clock_started: float | None = None  # wall time the deadline clock started
         self.timings: dict[str, float] = {}
         self.handle: SandboxHandle | None = None
         self.client: EnvClient | None = None
@@ -142,7 +158,8 @@ class RolloutRunner:
         self.answer: Any = None
         self.grade: dict[str, Any] | None = None
         self.started_at = utcnow()
-        self._t0 = time.monotonic()
+        self._begun = time.monotonic()
+        self._t0 = time.monotonic()  # the deadline clock (reset at the grant)
         self._sandbox_t0: float | None = None
         self._sandbox_s: float | None = None
         self._teardown_error: str | None = None
@@ -154,6 +171,12 @@ class RolloutRunner:
 
     # --- entry -----------------------------------------------------------------------
     async def run(self) -> RolloutResult:
+        try:
+            await self._wait_for_grant()
+        except RolloutFailure as exc:
+            return self._result(exc.status, exc)
+        self._t0 = time.monotonic()
+        self.clock_started = time.time()
         deadline = asyncio.timeout(self.deadline_s)
         try:
             async with deadline:
@@ -179,6 +202,24 @@ class RolloutRunner:
         return self._result(status, failure)
 
     # --- phases ----------------------------------------------------------------------
+    async def _wait_for_grant(self) -> None:
+        """Throttle: wait for the governor's create grant before the deadline starts, so
+        a saturated account (this run's or another's load) is never charged as timeout."""
+        reserve = getattr(self.provider, "reserve_grant", None)
+        if self.prepared is not None or reserve is None:
+            return
+        spec = sandbox_spec(self.rollout, self.config, self.deadline_s)
+        labels = {**rollout_labels(self.config, self.rollout.rollout_key),
+                  LABEL_SANDBOX: spec.name}
+        limit = self.config.throttle_timeout_s
+        try:
+            await self._timed("throttle", asyncio.wait_for(reserve(spec, labels), limit))
+        except TimeoutError:
+            raise RolloutFailure(
+                Status.QUOTA_ERROR, f"no sandbox create grant within throttle_timeout_s="
+                f"{limit:g}: the account's live cap or create rate stayed saturated",
+                error_type="Throttled") from None
+
     async def _phases(self) -> None:
         if self.prepared is None or not await self._timed("ready", self._use_prepared()):
             await self._timed("provision", self._provision())
@@ -229,7 +270,10 @@ class RolloutRunner:
 
     async def _provision(self) -> None:
         spec = sandbox_spec(self.rollout, self.config, self.deadline_s)
-        labels = rollout_labels(self.config.run_id, self.rollout.rollout_key, self.config.owner)
+        # The exact sandbox name too: a reap after a worker death must find this attempt's
+        # sandbox and never a live retry's.
+        labels = {**rollout_labels(self.config, self.rollout.rollout_key),
+                  LABEL_SANDBOX: spec.name}
         try:
             self.provider.check_spec(spec)
             self._sandbox_t0 = time.monotonic()
@@ -412,6 +456,8 @@ class RolloutRunner:
                 pass
 
     async def _teardown(self) -> None:
+        # Reported to the driver: a rollout in teardown has teardown_timeout_s more to go.
+        self._phase_at_end, self.phase = self.phase, "teardown"
         t0 = time.monotonic()
         try:
             await shielded(asyncio.wait_for(self._release(), self.config.teardown_timeout_s))
@@ -425,6 +471,9 @@ class RolloutRunner:
                 self._sandbox_s = time.monotonic() - self._sandbox_t0
 
     async def _release(self) -> None:
+        release = getattr(self.provider, "release_grant", None)
+        if self.handle is None and release is not None:  # granted, never created
+            release(sandbox_spec(self.rollout, self.config, self.deadline_s).name)
         if self.client is not None:
             if self._env_unresponsive:
                 await self.client.close()
@@ -453,6 +502,7 @@ class RolloutRunner:
             env=task.env_name,
             template_id=task.id,
             args=task.args,
+            task_fingerprint=task_fingerprint(task),
             group_id=self.rollout.group_id,
             repeat=self.rollout.repeat,
             variant=self.rollout.variant,
@@ -462,7 +512,7 @@ class RolloutRunner:
             worker_id=self.config.worker_id,
             node_id=self.config.node_id,
             status=status,
-            timeout_phase=self.phase if status is Status.TIMEOUT else None,
+            timeout_phase=(self._phase_at_end or self.phase) if status is Status.TIMEOUT else None,
             error_type=failure.error_type if failure else None,
             error_message=message,
             fatal=bool(failure and failure.fatal),
@@ -478,13 +528,14 @@ class RolloutRunner:
             columns=task.columns,
             started_at=self.started_at,
             finished_at=utcnow(),
+            throttle_s=self.timings.get("throttle"),
             provision_s=self.timings.get("provision"),
             ready_s=self.timings.get("ready"),
             start_s=self.timings.get("start"),
             agent_s=self.timings.get("agent"),
             grade_s=self.timings.get("grade"),
             teardown_s=self.timings.get("teardown"),
-            total_s=time.monotonic() - self._t0,
+            total_s=time.monotonic() - self._begun,
             sandbox_seconds=self._sandbox_s,
         )
 

@@ -31,23 +31,29 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field
 from ray.exceptions import RayActorError
 
-from hud_ray.inflight import Flight, WorkerSlot, failure_row, reap_in_background
-from hud_ray.results import ResultWriter
-from hud_ray.rollout import (
-    ENV_START_ERROR,
-    RolloutConfig,
-    rollout_labels,
-    sandbox_spec,
-    warm_labels,
+from hud_ray.incarnation import driver_identity, new_incarnation
+from hud_ray.inflight import (
+    Flight,
+    WorkerSlot,
+    failure_row,
+    lost_sandbox_labels,
+    reap_in_background,
 )
+from hud_ray.leftovers import sweep_leftovers
+from hud_ray.results import ResultWriter
+from hud_ray.rollout import ENV_START_ERROR, RolloutConfig, sandbox_spec, warm_labels
 from hud_ray.schema import RETRYABLE, Status
-from hud_ray.tasks import Rollout, TaskFileError
+from hud_ray.tasks import Rollout, TaskFileError, task_fingerprint
 from hud_ray.warm import spec_key
 from hud_ray.worker import RolloutWorker
 from providers import Provider, UnsupportedSpecError
 
 log = logging.getLogger("hud_ray.scheduler")
 SLOT_RESOURCE = "sandbox_slots"
+LOOP_STALL_S = 2.0  # a worker loop silent this long (it ticks every 0.25 s) is blocked
+PROBE_TIMEOUT_S = 2.0  # the watch thread answers in milliseconds unless the process hangs
+BACKSTOP_S = 30.0
+SILENT_S = 3.0  # a `step` unanswered this long: ask the worker's watch thread  # past its teardown allowance + this, even a healthy worker is killed
 
 
 PHASES_AFTER_HELLO = ("start", "agent", "grade")
@@ -69,7 +75,7 @@ class SchedulerConfig(BaseModel):
     retry_backoff_s: float = 1.0
     retry_backoff_max_s: float = 30.0
     step_wait_s: float = 0.5
-    deadline_grace_s: float = 15.0
+    deadline_grace_s: float = 5.0
     max_worker_replacements: int = 20
     max_failures: int | None = None
     max_failure_fraction: float | None = None
@@ -98,7 +104,7 @@ class Scheduler:
         sink: ResultWriter,
         provider: Provider,
         *,
-        skip_keys: set[str] | None = None,
+        skip_keys: dict[str, int | None] | set[str] | None = None,
         progress: Any = None,
         close_sink: bool = True,
     ) -> None:
@@ -128,6 +134,14 @@ class Scheduler:
         self.step_replies = 0  # harvested `step` calls: rows per reply is the batching
         # Until one sandbox of this run has said hello, only one rollout is in flight.
         self._probing = config.probe_first
+        self.changed_slugs: list[str] = []  # resumed rollouts rerun: their task changed
+        # This driver start of the run: its sandboxes, governor marks and parts carry it.
+        # (A sweep's passes share a writer but not an incarnation: each pass finishes.)
+        self.incarnation = new_incarnation()
+        self.driver = driver_identity()
+        self.rollout_config = RolloutConfig(**{
+            **config.rollout, "run_id": config.run_id, "incarnation": self.incarnation,
+            "driver": self.driver})
 
     # --- public --------------------------------------------------------------------------
     def run(self) -> Iterator[pa.RecordBatch]:
@@ -139,8 +153,14 @@ class Scheduler:
             self._lease_s = float(self.config.governor.get("run_lease_s", default_lease))
             self.governor = get_governor(self.provider, self.config.provider_options,
                                          self.config.governor, self.config.env_vars)
-            if self.config.resume:  # what the previous driver left alive is orphaned now
-                ray.get(self.governor.reap_run.remote(self.config.run_id), timeout=300)
+            if self.config.resume:  # what earlier incarnations left alive is orphaned now
+                ray.get(self.governor.reap_run.remote(self.config.run_id, self.incarnation),
+                        timeout=300)
+        # The governor above forgets what a dead private Ray held: the provider's own
+        # records (labels, local's on-disk ledger) do not.
+        sweep_leftovers(self.config.provider, self.config.provider_options,
+                        self.config.run_id, self.incarnation, self.rollout_config.owner,
+                        resume=self.config.resume)
         self._spawn_workers()
         try:
             while not self._stop.is_set():
@@ -190,7 +210,7 @@ class Scheduler:
             max_concurrency=max(8, slots * 2),
         ).remote(
             worker_id, self.config.provider, self.config.provider_options, self.config.agent,
-            {**self.config.rollout, "run_id": self.config.run_id}, slots, self.config.env_vars,
+            self.rollout_config.model_dump(), slots, self.config.env_vars,
             self.config.governor, math.ceil(slots * self.config.warm_per_slot),
         )
         return WorkerSlot(index=index, actor=actor, slots=slots, worker_id=worker_id)
@@ -228,10 +248,10 @@ class Scheduler:
     def _reap(self, lost: list[Flight], worker: WorkerSlot | None = None) -> None:
         """Destroy what a dead worker left behind, found by labels (in the background):
         its rollouts' sandboxes and, not counting on the governor, its warm ones."""
-        owner = self.config.rollout.get("owner", "hud-ray")
-        labels = [rollout_labels(self.config.run_id, f.rollout.rollout_key, owner) for f in lost]
+        labels = [lost_sandbox_labels(self.config.run_id, f.rollout.rollout_key, f.attempt,
+                                      self.incarnation) for f in lost]
         if worker is not None and self.config.warm_per_slot > 0:
-            labels.append(warm_labels(self.config.run_id, worker.worker_id, owner))
+            labels.append(warm_labels(self.rollout_config, worker.worker_id))
         if labels:
             self._reapers.append(reap_in_background(
                 self.config.provider, self.config.provider_options, labels))
@@ -245,12 +265,13 @@ class Scheduler:
             now = time.monotonic()
             for rollout, attempt in items:
                 worker.inflight[rollout.rollout_key] = Flight(
-                    rollout, attempt, now, self._budget_s(rollout))
+                    rollout, attempt, now, self._deadline_s(rollout))
             drain = (self._source_done and not self._retry_heap and not self._lookahead
                      and not worker.drained)
             worker.drained = worker.drained or drain
             if worker.inflight or items or drain:
                 worker.step_ref = worker.actor.step.remote(items, self.config.step_wait_s, drain)
+                worker.step_sent = time.monotonic()
 
     def _take(self, free: int, worker: WorkerSlot) -> list[tuple[Rollout, int]]:
         if self._probing:  # one rollout in flight until an env has answered hello
@@ -279,13 +300,25 @@ class Scheduler:
             if rollout is None:
                 self._source_done = True
                 break
-            if rollout.rollout_key in self.skip_keys:
+            if rollout.rollout_key in self.skip_keys and not self._task_changed(rollout):
                 continue
             self._check_spec(rollout)
             if self.config.warm_per_slot > 0:
                 self._kinds_seen.add(spec_key(rollout))
             return rollout
         return None
+
+    def _task_changed(self, rollout: Rollout) -> bool:
+        """A done rollout whose task changed under its slug since it ran: run it again
+        (its new row supersedes the old; readers keep the latest)."""
+        if not isinstance(self.skip_keys, dict):
+            return False
+        old = self.skip_keys.get(rollout.rollout_key)
+        if old is None or int(task_fingerprint(rollout.task), 16) == old:
+            return False
+        self.changed_slugs.append(rollout.task.slug or "")
+        self.sink.superseded += 1
+        return True
 
     def _take_matching(self, free: int, warm: dict[str, int]) -> list[tuple[Rollout, int]]:
         """Prefer rollouts whose sandbox kind this worker has warm (mixed-image runs)."""
@@ -325,42 +358,110 @@ class Scheduler:
             return
         ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.2)
         for ref in ready:
-            worker = refs[ref]
-            worker.step_ref = None
-            try:
-                reply = ray.get(ref)
-                self.step_replies += 1
-            except RayActorError as exc:
-                self._replace(worker, exc)
-                continue
-            for row in reply["rows"]:
-                self._land(row, worker.inflight.pop(row["rollout_key"], None))
-            worker.warm = reply.get("warm", {})
-            for key, phase in reply.get("phases", {}).items():
-                if key in worker.inflight:
-                    worker.inflight[key].phase = phase
-                if phase in PHASES_AFTER_HELLO:
-                    self._probing = False
+            self._take_reply(refs[ref])
 
-    def _budget_s(self, rollout: Rollout) -> float:
-        """Wall clock a worker gets for one rollout before the driver steps in."""
+    def _take_reply(self, worker: WorkerSlot) -> None:
+        """Land the rows of the worker's `step` reply (ready), note its progress."""
+        ref, worker.step_ref = worker.step_ref, None
+        try:
+            reply = ray.get(ref)
+            self.step_replies += 1
+        except RayActorError as exc:
+            self._replace(worker, exc)
+            return
+        for row in reply["rows"]:
+            self._land(row, worker.inflight.pop(row["rollout_key"], None))
+        worker.warm = reply.get("warm", {})
+        self._note_progress(worker, reply)
+
+    def _note_progress(self, worker: WorkerSlot, reply: dict[str, Any]) -> None:
+        """Phases and deadline clocks the worker reported (a step reply or `watch`)."""
+        for key, phase in reply.get("phases", {}).items():
+            if key in worker.inflight:
+                worker.inflight[key].phase = phase
+            if phase in PHASES_AFTER_HELLO:
+                self._probing = False  # an env of this run has answered hello
+        for key, clock_at in reply.get("clocks", {}).items():
+            if key in worker.inflight:
+                worker.inflight[key].clock_at = clock_at
+
+    def _deadline_s(self, rollout: Rollout) -> float:
         limits = rollout.task.runtime_config.limits if rollout.task.runtime_config else None
-        deadline = (limits.run_timeout_s if limits and limits.run_timeout_s
-                    else self.config.rollout.get("deadline_s", 600.0))
-        teardown = self.config.rollout.get("teardown_timeout_s", 60.0)
-        return deadline + teardown + self.config.deadline_grace_s
+        return (limits.run_timeout_s if limits and limits.run_timeout_s
+                else self.rollout_config.deadline_s)
+
+    def _answer_due(self, flight: Flight) -> float:
+        """Wall time by which a healthy worker has ended this rollout's deadline itself."""
+        rc, grace = self.rollout_config, self.config.deadline_grace_s
+        if flight.clock_at is None:  # still throttled (or not reported): its own limit first
+            return (flight.sent_wall + rc.throttle_timeout_s + flight.deadline_s
+                    + rc.teardown_timeout_s + grace)
+        if flight.phase == "teardown":
+            return flight.clock_at + flight.deadline_s + rc.teardown_timeout_s + grace
+        return flight.clock_at + flight.deadline_s + grace
 
     def _enforce_deadlines(self) -> None:
-        """Kill a worker that holds a rollout past its budget: a hung event loop or a
-        stuck teardown must not hold the run hostage."""
-        now = time.monotonic()
+        """A rollout past its deadline (+ grace) that its worker has not ended: ask the
+        worker's watch thread why. A blocked event loop (a sync call in an agent) gets
+        the worker killed: the rollout holding the loop is the `timeout`, in the phase it
+        is really in; its neighbours are `infra_error` and retried. A healthy loop ends its
+        own deadlines (teardown included) and is left alone, up to a backstop."""
+        now = time.time()
         for worker in list(self.workers):
-            overdue = {k for k, f in worker.inflight.items() if now - f.sent_at > f.budget_s}
-            if overdue:
-                ray.kill(worker.actor, no_restart=True)
-                self._replace(worker, f"worker missed the rollout deadline (+grace) of "
-                                      f"{min(worker.inflight[k].budget_s for k in overdue):.0f}s; "
-                                      "killed", overdue)
+            if not worker.inflight or now < worker.next_probe:
+                continue
+            # A healthy worker answers `step` within step_wait_s: one silent for longer may
+            # have blocked before it could even report its rollouts' clocks and phases.
+            silent = (worker.step_ref is not None
+                      and time.monotonic() - worker.step_sent > SILENT_S)
+            overdue = {k for k, f in worker.inflight.items() if now > self._answer_due(f)}
+            if not overdue and not silent:
+                continue
+            verdict = self._probe(worker)
+            worker.next_probe = now + 1.0
+            if verdict is not None:
+                self._note_progress(worker, verdict)
+                overdue = {k for k, f in worker.inflight.items() if now > self._answer_due(f)}
+            if not overdue:
+                continue
+            blocked = verdict is None or verdict["loop_lag_s"] >= LOOP_STALL_S
+            backstop = self.rollout_config.teardown_timeout_s + BACKSTOP_S
+            if not blocked and all(now < self._answer_due(worker.inflight[k]) + backstop
+                                   for k in overdue):
+                continue
+            self._kill_overdue(worker, overdue, verdict)
+
+    def _probe(self, worker: WorkerSlot) -> dict[str, Any] | None:
+        try:
+            return ray.get(worker.actor.watch.remote(), timeout=PROBE_TIMEOUT_S)
+        except Exception:  # dead, or even its watch thread cannot answer (GIL held)
+            return None
+
+    def _kill_overdue(self, worker: WorkerSlot, overdue: set[str],
+                      verdict: dict[str, Any] | None) -> None:
+        if worker.step_ref is not None and ray.wait([worker.step_ref], timeout=0)[0]:
+            # Rows it finished before we gave up on it are kept, not rerun.
+            self._take_reply(worker)
+            if worker not in self.workers:
+                return  # it died meanwhile and was replaced
+            overdue &= set(worker.inflight)
+            if not overdue:
+                return
+        current = verdict.get("current") if verdict else None
+        if current in worker.inflight:
+            culprits = {current}
+            lag = verdict["loop_lag_s"] if verdict else 0.0
+            reason = (f"rollout {current} blocked its worker's event loop for {lag:.0f}s, "
+                      f"past its deadline of {worker.inflight[current].deadline_s:g}s; "
+                      "worker killed")
+        else:
+            culprits = overdue
+            grace = self.config.deadline_grace_s
+            state = "no answer from it" if verdict is None else "its loop is stuck"
+            reason = (f"worker did not end rollouts past their deadline (+{grace:g}s grace): "
+                      f"{state}; worker killed")
+        ray.kill(worker.actor, no_restart=True)
+        self._replace(worker, reason, culprits)
 
     def _land(self, row: dict[str, Any], entry: Flight | None) -> None:
         fatal = row.pop("_fatal", False)
@@ -383,6 +484,15 @@ class Scheduler:
         if row["status"] == Status.CANCELLED:
             return  # not written: a resume runs it again
         self._write(row)
+
+    def _final(self, row: dict[str, Any]) -> bool:
+        """A row collected at an interrupt is written only if it would have been final:
+        not cancelled, not fatal, not a retryable failure with attempts left (a resume
+        runs those again — written, they would be skipped as done)."""
+        fatal = row.pop("_fatal", False)
+        if fatal or row["status"] == Status.CANCELLED:
+            return False
+        return not (row["status"] in RETRYABLE and row["attempts"] < self.config.max_attempts)
 
     def _after_failure(self, rollout: Rollout, attempt: int, row: dict[str, Any]) -> None:
         if attempt < self.config.max_attempts and not self._abort:
@@ -423,10 +533,15 @@ class Scheduler:
         every = min(self.config.heartbeat_s, self._lease_s / 3)  # a few beats per lease
         if now - self._last_heartbeat >= every:
             self._last_heartbeat = now
-            self.governor.heartbeat.remote(self.config.run_id, self._lease_s)
+            self.governor.heartbeat.remote(self.config.run_id, self._lease_s, self.incarnation)
 
     # --- teardown ----------------------------------------------------------------------
     def _teardown(self, interrupted: bool) -> None:
+        if self.changed_slugs:
+            slugs = list(dict.fromkeys(self.changed_slugs))
+            shown = ", ".join(slugs[:10]) + (f" (+{len(slugs) - 10} more)" if len(slugs) > 10 else "")
+            log.warning("%d rollout(s) ran again because their task changed since they ran "
+                        "under the same slug: %s", len(self.changed_slugs), shown)
         refs = [w.actor.shutdown.remote() for w in self.workers]
         ray.wait(refs, num_returns=len(refs), timeout=90)
         for worker, ref in zip(self.workers, refs, strict=True):
@@ -438,8 +553,7 @@ class Scheduler:
                 continue
             if interrupted:
                 for row in rows:
-                    if row["status"] != Status.CANCELLED:
-                        row.pop("_fatal", None)
+                    if self._final(row):
                         self.sink.add(row)
                 self._reap(list(worker.inflight.values()))
         for worker in self.workers:
@@ -448,6 +562,7 @@ class Scheduler:
             thread.join(timeout=60)
         if self.governor is not None:
             try:
-                ray.get(self.governor.run_finished.remote(self.config.run_id), timeout=60)
+                ray.get(self.governor.run_finished.remote(self.config.run_id, self.incarnation),
+                        timeout=60)
             except Exception as exc:
                 log.warning("governor run_finished: %s", exc)

@@ -28,7 +28,7 @@ class Status(StrEnum):
 
 
 RETRYABLE = frozenset({Status.INFRA_ERROR, Status.QUOTA_ERROR})
-PHASES = ("provision", "ready", "start", "agent", "grade", "teardown")
+PHASES = ("throttle", "provision", "ready", "start", "agent", "grade", "teardown")
 
 
 class RolloutResult(BaseModel):
@@ -38,6 +38,9 @@ class RolloutResult(BaseModel):
     env: str | None = None
     template_id: str
     args: dict[str, Any] = Field(default_factory=dict)
+    # sha256 (16 hex) of the task row minus slug and columns: a resume reruns a rollout
+    # whose task changed under the same slug (hud_ray.tasks.task_fingerprint).
+    task_fingerprint: str | None = None
     group_id: str
     repeat: int = 0
     variant: str | None = None
@@ -61,6 +64,9 @@ class RolloutResult(BaseModel):
     queued_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # Waiting for the governor's create grant (live cap / create rate): before the
+    # deadline clock, bounded by its own limit (throttle_timeout_s → quota_error).
+    throttle_s: float | None = None
     provision_s: float | None = None
     ready_s: float | None = None
     start_s: float | None = None
@@ -108,7 +114,7 @@ def _fields() -> list[tuple[str, Any]]:
     return [
         ("run_id", pa.string()), ("rollout_key", pa.string()), ("slug", pa.string()),
         ("env", pa.string()), ("template_id", pa.string()), ("args", pa.string()),
-        ("group_id", pa.string()), ("repeat", pa.int32()), ("variant", pa.string()),
+        ("task_fingerprint", pa.string()), ("group_id", pa.string()), ("repeat", pa.int32()), ("variant", pa.string()),
         ("agent", pa.string()), ("provider", pa.string()), ("sandbox_id", pa.string()),
         ("worker_id", pa.string()), ("node_id", pa.string()), ("status", pa.string()),
         ("timeout_phase", pa.string()), ("error_type", pa.string()),
@@ -116,6 +122,7 @@ def _fields() -> list[tuple[str, Any]]:
         ("grade", pa.string()), ("answer", pa.string()), ("prompt", pa.string()),
         ("steps", pa.string()), ("columns", pa.string()),
         ("queued_at", ts), ("started_at", ts), ("finished_at", ts),
+        ("throttle_s", pa.float64()),
         ("provision_s", pa.float64()), ("ready_s", pa.float64()), ("start_s", pa.float64()),
         ("agent_s", pa.float64()), ("grade_s", pa.float64()), ("teardown_s", pa.float64()),
         ("total_s", pa.float64()), ("sandbox_seconds", pa.float64()),
@@ -129,4 +136,6 @@ def _fields() -> list[tuple[str, Any]]:
 def arrow_schema() -> Any:
     import pyarrow as pa
 
+    # 2: task_fingerprint (rows of version 1 have none; a resume keeps them as they are),
+    #    throttle_s, and the trajectory columns (n_turns ... cost_usd; NULL in version 1)
     return pa.schema(_fields(), metadata={"hud_ray.schema_version": "2"})

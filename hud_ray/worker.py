@@ -6,6 +6,10 @@ rollouts and collect the rows that finished since the last call — so dispatch 
 harvest are batched into one round trip, and each worker has exactly one call in flight.
 Ray's own retries stay off (`max_task_retries=0`): only the scheduler knows a rollout
 and its sandbox well enough to decide on a retry.
+
+`watch()` runs in a concurrency group of its own (its own thread and event loop), so it
+answers while the main loop is blocked (a sync call in an agent): how long the loop has
+been stuck, which rollout's task holds it, and the phase each rollout is really in.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from typing import Any
 
 import ray
@@ -62,26 +67,32 @@ class RolloutWorkerImpl:
         # One agent, or one per sweep variant ({variant: spec}).
         specs = agent if isinstance(agent, dict) else {None: agent}
         self.agents = {variant: resolve_agent(spec) for variant, spec in specs.items()}
-        self.base_config = RolloutConfig(**rollout_config, worker_id=worker_id)
+        self.base_config = RolloutConfig(**{**rollout_config, "worker_id": worker_id})
         self.pool: WarmPool | None = None
         if warm_depth > 0:
-            labels = warm_labels(self.base_config.run_id, worker_id, self.base_config.owner)
+            labels = warm_labels(self.base_config, worker_id)
             self.pool = WarmPool(self.provider, self.base_config, warm_depth, labels, worker_id)
         self._running: dict[str, asyncio.Task[None]] = {}
         self._runners: dict[str, RolloutRunner] = {}
         self._phases_sent: dict[str, str] = {}
         self._done: list[dict[str, Any]] = []
+        self._clocks_sent: set[str] = set()
         self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tick = time.monotonic()  # the main loop's last sign of life (see watch)
+        self._ticker: asyncio.Task[None] | None = None
 
     async def step(self, items: list[WorkItem], wait_s: float,
                    drain: bool = False) -> dict[str, Any]:
         """Start `items`; return rows finished so far (waiting up to `wait_s` for one).
         `drain`: no new work is coming, so stop warming and free the warm sandboxes."""
+        self._start_ticker()
         for rollout, attempt in items:
             key = rollout.rollout_key
             if key in self._running:  # never run one rollout twice at once
                 continue
-            self._running[key] = asyncio.create_task(self._run(rollout, attempt))
+            # Named by its key: `watch` tells which rollout holds a blocked loop.
+            self._running[key] = asyncio.create_task(self._run(rollout, attempt), name=key)
         if drain and self.pool is not None:
             # After the tasks above have taken their warm sandboxes (call_soon is FIFO).
             asyncio.get_running_loop().call_soon(self.pool.drain)
@@ -98,8 +109,36 @@ class RolloutWorkerImpl:
         for key, runner in self._runners.items():
             if self._phases_sent.get(key) != runner.phase:
                 phases[key] = self._phases_sent[key] = runner.phase
+        # When each deadline clock started (at the grant, after any throttle): once each.
+        clocks = {}
+        for key, runner in self._runners.items():
+            if runner.clock_started is not None and key not in self._clocks_sent:
+                clocks[key] = runner.clock_started
+                self._clocks_sent.add(key)
         warm = self.pool.counts() if self.pool is not None else {}
-        return {"rows": rows, "phases": phases, "warm": warm}
+        return {"rows": rows, "phases": phases, "clocks": clocks, "warm": warm}
+
+    def _start_ticker(self) -> None:
+        if self._ticker is None or self._ticker.done():
+            self._loop = asyncio.get_running_loop()
+            self._ticker = self._loop.create_task(self._tick_forever())
+
+    async def _tick_forever(self) -> None:
+        while True:
+            self._tick = time.monotonic()
+            await asyncio.sleep(TICK_S)
+
+    @ray.method(concurrency_group="watch")
+    async def watch(self) -> dict[str, Any]:
+        """From another thread: is the main loop blocked, by which rollout, and where is
+        each rollout? (Attributes only: nothing here waits on the main loop.)"""
+        current = asyncio.current_task(self._loop) if self._loop is not None else None
+        runners = dict(self._runners)
+        return {"loop_lag_s": time.monotonic() - self._tick,
+                "current": current.get_name() if current is not None else None,
+                "phases": {k: r.phase for k, r in runners.items()},
+                "clocks": {k: r.clock_started for k, r in runners.items()
+                           if r.clock_started is not None}}
 
     async def _run(self, rollout: Rollout, attempt: int) -> None:
         config = self.base_config.model_copy(update={"attempt": attempt, "node_id": self.node_id})
@@ -122,6 +161,7 @@ class RolloutWorkerImpl:
         self._running.pop(rollout.rollout_key, None)
         self._runners.pop(rollout.rollout_key, None)
         self._phases_sent.pop(rollout.rollout_key, None)
+        self._clocks_sent.discard(rollout.rollout_key)
         warm = sum(self.pool.counts().values()) if self.pool is not None else 0
         record_live(self.worker_id, self.provider.name, len(self._running) + warm)
         self._wake.set()
@@ -131,6 +171,8 @@ class RolloutWorkerImpl:
         tasks = list(self._running.values())
         for task in tasks:
             task.cancel()
+        if self._ticker is not None:
+            self._ticker.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=timeout_s)
         if self.pool is not None:
@@ -156,4 +198,7 @@ def _node_id() -> str | None:
     return None
 
 
-RolloutWorker = ray.remote(max_restarts=0, max_task_retries=0)(RolloutWorkerImpl)
+TICK_S = 0.25  # the main loop's heartbeat (watch: lag well past this = blocked)
+
+RolloutWorker = ray.remote(max_restarts=0, max_task_retries=0,
+                           concurrency_groups={"watch": 1})(RolloutWorkerImpl)

@@ -1,6 +1,8 @@
 """Sandbox providers for hud_ray (no Ray, no hud_ray imports: usable on their own)."""
 
 from .base import (
+    LABEL_DRIVER,
+    LABEL_INCARNATION,
     LABEL_OWNER,
     LABEL_ROLLOUT,
     LABEL_RUN,
@@ -12,6 +14,7 @@ from .base import (
     Resources,
     SandboxHandle,
     SandboxSpec,
+    attempt_name,
     sandbox_name,
     shielded,
 )
@@ -28,6 +31,8 @@ from .errors import (
 from .registry import available, get_provider, provider_class
 
 __all__ = [
+    "LABEL_DRIVER",
+    "LABEL_INCARNATION",
     "LABEL_OWNER",
     "LABEL_ROLLOUT",
     "LABEL_RUN",
@@ -47,6 +52,7 @@ __all__ = [
     "SandboxHandle",
     "SandboxSpec",
     "UnsupportedSpecError",
+    "attempt_name",
     "available",
     "get_provider",
     "provider_class",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import hashlib
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable
@@ -35,6 +36,12 @@ LABEL_OWNER = "hud-ray-owner"
 LABEL_WORKER = "hud-ray-worker"
 # Put by the governor's wrapper: finds a sandbox whose create never answered, exactly.
 LABEL_SANDBOX = "hud-ray-sandbox"
+# One driver start of a run (a run id names results; each start of it is an incarnation):
+# what "finished" and "orphan" refer to, so a reused run id never reaps its own sandboxes.
+LABEL_INCARNATION = "hud-ray-incarnation"
+# The driver process behind an incarnation (`host:pid:start-time`): a later driver on the
+# same host can prove it dead and destroy what it left.
+LABEL_DRIVER = "hud-ray-driver"
 
 T = TypeVar("T")
 
@@ -105,10 +112,21 @@ class Capabilities(BaseModel):
     warm_ahead: bool = False
 
 
-def sandbox_name(run_id: str, rollout_key: str, attempt: int) -> str:
-    """Deterministic, provider-safe name: same rollout attempt → same name."""
+def sandbox_name(run_id: str, rollout_key: str, attempt: int, incarnation: str = "") -> str:
+    """Deterministic, provider-safe name: same rollout attempt of one incarnation → same
+    name (a retried create finds it); another incarnation never shares it."""
     digest = hashlib.sha1(f"{run_id}/{rollout_key}/{attempt}".encode()).hexdigest()[:16]
-    return f"hudray-{digest}"
+    return f"hudray-{digest}-{incarnation}" if incarnation else f"hudray-{digest}"
+
+
+def attempt_name(name: str) -> str:
+    """`name` without its incarnation: the same for every start of one rollout attempt
+    (the sim draws its fates by this, so a rerun meets the same ones)."""
+    match = _INCARNATED.fullmatch(name)
+    return match.group(1) if match else name
+
+
+_INCARNATED = re.compile(r"(hudray-[0-9a-f]{16})-[0-9a-f]+")
 
 
 class Provider(ABC):
@@ -124,6 +142,9 @@ class Provider(ABC):
     capabilities: ClassVar[Capabilities] = Capabilities()
     #: False for a provider that only borrows env servers (`attach`): nothing to reap.
     owns_sandboxes: ClassVar[bool] = True
+    #: listing every hud-ray sandbox costs no cloud call (e.g. an on-disk ledger): a
+    #: starting driver looks for every dead run's leftovers, not only its own run's.
+    sweep_all_on_start: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         try:

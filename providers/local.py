@@ -105,6 +105,7 @@ class LocalProvider(Provider):
     default_create_rate = 50.0
     default_live_cap = 512
     capabilities = Capabilities(images=False, resources=set(), gpu=False, warm_ahead=True)
+    sweep_all_on_start = True  # the ledger is a directory on this host
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -169,6 +170,7 @@ class LocalProvider(Provider):
         # The marker lets `reap` find a process whose pid never reached the ledger (an
         # owner killed between the spawn or fork and the ledger update).
         env = {**os.environ, **spec.env_vars, "PYTHONUNBUFFERED": "1", MARKER_ENV: spec.name}
+        self._forget_no_live_owner(spec.name)
         self._write_ledger(handle)
         try:
             process: asyncio.subprocess.Process | ForkedProcess | None = None
@@ -298,6 +300,13 @@ class LocalProvider(Provider):
             await asyncio.wait_for(process.wait(), 5.0)
 
     # --- ledger --------------------------------------------------------------------
+    def _forget_no_live_owner(self, sandbox_id: str) -> None:
+        """A ledger file about to be rewritten may name a process another owner started
+        under the same name: destroy that process first, never just forget it."""
+        stale = self._read_ledger(sandbox_id)
+        if stale is not None:
+            _kill_group_if_ours(stale.get("data", {}), sandbox_id)
+
     def _ledger_path(self, sandbox_id: str) -> Path:
         return self.state_dir / f"{sandbox_id}.json"
 

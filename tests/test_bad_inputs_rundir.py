@@ -18,6 +18,7 @@ import pytest
 from hud_ray.agents import resolve_agent
 from hud_ray.results import ResultWriter, read_results
 from hud_ray.rollout import RolloutConfig, run_rollout
+from hud_ray.runlock import LOCK_FILE
 from hud_ray.tasks import expand, iter_tasks
 from providers.local import LocalProvider
 
@@ -56,8 +57,9 @@ def make_run(out: Path, tasks: Path, rows: list[dict[str, Any]], run_id: str = "
 
 
 def snapshot(run_dir: Path) -> dict[str, bytes]:
+    """The run's results and manifest (not `writer.lock`: a refused driver held it)."""
     return {p.relative_to(run_dir).as_posix(): p.read_bytes()
-            for p in sorted(run_dir.rglob("*")) if p.is_file()}
+            for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != LOCK_FILE}
 
 
 def refused(tmp_path: Path, run_dir: Path, *args: str, named: tuple[str, ...]) -> str:

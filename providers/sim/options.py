@@ -16,6 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..base import attempt_name
+
 Rate = Field(0.0, ge=0.0, le=1.0)
 _NORMAL = NormalDist()
 _U32 = struct.Struct("<16I")
@@ -102,7 +104,9 @@ class FateModel:
         return fate
 
     def draw_into(self, fate: Fate, name: str) -> None:
-        k = _U32.unpack(hashlib.blake2b(self.prefix + name.encode(), digest_size=64).digest())
+        # By the rollout attempt, not the incarnation: a rerun of a run meets the same fates.
+        stable = attempt_name(name).encode()
+        k = _U32.unpack(hashlib.blake2b(self.prefix + stable, digest_size=64).digest())
         t = self.thresholds
         o = self.options
         fate.create_fail, fate.quota, fate.ready_fail = k[0] < t[0], k[1] < t[1], k[2] < t[2]

@@ -32,3 +32,9 @@ async def blocking_agent(session):
 async def set_answer_agent(session):
     """Answers with a set: not JSON, so the answer itself is the agent's error."""
     return {"a", "b"}
+
+
+async def sleepy_rule_agent(session):
+    """The rule agent after 4 s: a rollout that lives through several reaper passes."""
+    await asyncio.sleep(4)
+    return await rule_agent(session)
