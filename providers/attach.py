@@ -7,11 +7,15 @@ dev box or a long-lived shared env.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .base import Capabilities, Endpoint, Provider, SandboxHandle, SandboxSpec
+from .errors import EnvStartError
+
+CONNECT_TIMEOUT_S = 2.0
 
 
 class AttachOptions(BaseModel):
@@ -47,6 +51,20 @@ class AttachProvider(Provider):
         )
 
     async def ready(self, handle: SandboxHandle, timeout_s: float) -> Endpoint:
+        """The borrowed server is already running, or it is not coming: a refused
+        connection is the answer (not a sandbox still booting), said in seconds."""
+        host, _, port = self.options.url.removeprefix("tcp://").rpartition(":")
+        try:
+            async with asyncio.timeout(min(timeout_s, CONNECT_TIMEOUT_S)):
+                _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+        except ConnectionRefusedError:
+            raise EnvStartError(f"provider 'attach': nothing listens at {self.options.url} "
+                                "(connection refused): start the env server there "
+                                "(e.g. `hud serve env.py --port PORT`)") from None
+        except (TimeoutError, OSError):
+            # Unreachable or slow: leave it to the wire's readiness budget, which retries.
+            return Endpoint(url=self.options.url)
+        writer.close()
         return Endpoint(url=self.options.url)
 
     async def destroy(self, handle: SandboxHandle) -> None:

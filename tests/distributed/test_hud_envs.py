@@ -151,3 +151,20 @@ def test_native_agent_uses_mcp_tools_through_session_mcp_on_attach(tmp_path):
                            "--provider-opt", f"url={server.url}")
     assert len(rows) == 4 and all(r["status"] == "ok" and r["reward"] == 1.0 for r in rows), rows
     assert {r["provider"] for r in rows} == {"attach"}
+
+
+def test_attach_to_nothing_stops_the_run_in_seconds(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    t0 = time.monotonic()
+    done = subprocess.run([HUD_RAY, "run", str(_native_tasks(tmp_path)), "--agent", NATIVE,
+                           "--provider", "attach", "--provider-opt", f"url=tcp://127.0.0.1:{port}",
+                           "--out", str(tmp_path), "--no-progress"], env=_env(), cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("hud-ray:")]
+    assert done.returncode == 1 and len(lines) == 1, done.stderr[-2000:]
+    assert f"nothing listens at tcp://127.0.0.1:{port} (connection refused)" in lines[0]
+    assert time.monotonic() - t0 < 60  # Ray's start-up included; not 4 x 3 x the 120 s budget
