@@ -4,8 +4,9 @@ sandbox governor is shared per provider account.
 
 It admits each model request under three limits — concurrent requests, requests/min,
 tokens/min — and reacts to the endpoint's own 429/503 with AIMD: the request rate is cut
-(`decrease_factor`) and no request goes out before the `Retry-After` the endpoint gave;
-quiet time adds the rate back linearly up to `rpm`. Requests that got a 429/503 are sent
+(`decrease_factor`), the rate-limited request waits out the `Retry-After` the endpoint gave
+(a long one, `pause_all_after_s` or more, holds every request of the endpoint), and quiet
+time adds the rate back linearly up to `rpm`. Requests that got a 429/503 are sent
 again by the transport (up to `max_retries_429`), so a sweep at the endpoint's limit loses
 no rollout to rate limiting; the time a request waited for admission is the rollout's
 `llm_wait_s`.
@@ -41,12 +42,20 @@ class LlmPolicy(BaseModel):
     tpm: float | None = Field(None, gt=0, description="tokens (prompt + completion) per minute")
     # Gentler than TCP's halving: the configured rpm is usually the endpoint's documented
     # limit, and pacing right at it meets an occasional 429 from timing jitter alone.
-    decrease_factor: float = Field(0.8, gt=0, lt=1, description="AIMD: rate x this on a 429")
+    decrease_factor: float = Field(0.9, gt=0, lt=1, description="AIMD: rate x this on a 429")
     increase_per_s: float | None = Field(
         None, ge=0, description="AIMD: requests/min added back per quiet second (rpm/10)")
     min_rpm: float = Field(1.0, gt=0, description="AIMD floor")
+    pace: float = Field(0.99, gt=0, le=1, description="requests are paced at this share of "
+                        "rpm: paced right at the limit, timing jitter alone puts one request "
+                        "too many into the endpoint's window now and then, and each 429 costs "
+                        "a Retry-After pause for everyone")
     default_retry_after_s: float = Field(1.0, ge=0, description="pause after a 429 without "
                                          "a Retry-After header")
+    pause_all_after_s: float = Field(
+        5.0, ge=0, description="a Retry-After at least this long holds every request of the "
+        "endpoint (a quota window, an outage); a shorter one holds the rate-limited request, "
+        "while the AIMD cut slows the others")
     max_retries_429: int = Field(8, ge=0, description="times a rate-limited request is sent "
                                  "again before the agent sees the 429")
 
@@ -118,7 +127,7 @@ class LlmGovernorImpl:
         self.in_flight += 1
         self.stats["granted"] += 1
         if self.rate_rpm is not None:
-            self.next_slot = max(self.next_slot, now) + 60.0 / self.rate_rpm
+            self.next_slot = max(self.next_slot, now) + 60.0 / (self.rate_rpm * self.policy.pace)
 
     async def acquire(self) -> float:
         """Wait for admission; the seconds waited."""
@@ -149,8 +158,9 @@ class LlmGovernorImpl:
             if self.rate_rpm is not None:
                 self.rate_rpm = max(self.policy.min_rpm, self.rate_rpm * self.policy.decrease_factor)
             pause = retry_after_s if retry_after_s is not None else self.policy.default_retry_after_s
-            self.paused_until = max(self.paused_until, now + pause)
-            self.next_slot = max(self.next_slot, self.paused_until)
+            if pause >= self.policy.pause_all_after_s:
+                self.paused_until = max(self.paused_until, now + pause)
+                self.next_slot = max(self.next_slot, self.paused_until)
         self._wake()
 
     def snapshot(self) -> dict[str, Any]:
@@ -250,8 +260,12 @@ def governed_transport(key: str, policy: dict[str, Any]) -> Any:
                     raise
                 if response.status_code in RATE_LIMITED and attempt < self.policy.max_retries_429:
                     attempt += 1
-                    governor.release.remote(0, response.status_code,
-                                            _retry_after(response.headers))
+                    retry_after = _retry_after(response.headers)
+                    governor.release.remote(0, response.status_code, retry_after)
+                    # This request waits out its Retry-After (the governor holds everyone
+                    # only for a long one), then queues for admission again.
+                    await asyncio.sleep(retry_after if retry_after is not None
+                                        else self.policy.default_retry_after_s)
                     continue
                 governor.release.remote(_usage_tokens(body), response.status_code,
                                         _retry_after(response.headers))

@@ -23,7 +23,7 @@ def governor(**policy):
 
 
 def test_rpm_paces_requests_evenly():
-    gov, clock = governor(rpm=600)  # one every 0.1 s
+    gov, clock = governor(rpm=600, pace=1.0)  # one every 0.1 s
     assert gov.wait_needed() == 0
     gov.admit()
     assert gov.wait_needed() == pytest.approx(0.1)
@@ -40,8 +40,8 @@ def test_max_concurrent_waits_for_a_release():
     assert gov.wait_needed() == 0
 
 
-def test_a_429_cuts_the_rate_and_honours_retry_after_then_recovers():
-    gov, clock = governor(rpm=600, increase_per_s=60, decrease_factor=0.5)
+def test_a_429_cuts_the_rate_and_a_long_retry_after_holds_everyone_then_recovers():
+    gov, clock = governor(rpm=600, increase_per_s=60, decrease_factor=0.5, pause_all_after_s=2)
     gov.admit()
     gov.release(status=429, retry_after_s=2.0)
     assert gov.rate_rpm == 300
@@ -54,8 +54,23 @@ def test_a_429_cuts_the_rate_and_honours_retry_after_then_recovers():
     assert gov.snapshot()["rate_limited"] == 1
 
 
+def test_a_short_retry_after_slows_the_others_without_stopping_them():
+    gov, clock = governor(rpm=600, decrease_factor=0.5, pace=1.0)  # pause_all_after_s=5
+    gov.admit()
+    clock.now += 0.1
+    gov.release(status=429, retry_after_s=1.0)  # the rate-limited request waits it out
+    assert gov.rate_rpm == pytest.approx(300, rel=0.01)
+    assert gov.wait_needed() == 0  # the others: paced at the cut rate, not held
+
+
+def test_requests_are_paced_a_little_under_the_limit_by_default():
+    gov, _ = governor(rpm=600)
+    gov.admit()
+    assert gov.wait_needed() == pytest.approx(0.1 / 0.99)
+
+
 def test_a_503_without_retry_after_pauses_the_default_time():
-    gov, _ = governor(rpm=60, default_retry_after_s=0.5)
+    gov, _ = governor(rpm=60, default_retry_after_s=0.5, pause_all_after_s=0.5)
     gov.admit()
     gov.release(status=503)
     assert gov.wait_needed() >= 0.5
