@@ -142,3 +142,39 @@ def test_env_that_cannot_import_stops_the_run_after_one_sandbox(tmp_path):
     assert read_manifest(tmp_path / "runs" / "r")["state"] == "aborted"
     # ≈ 3 s on a quiet 2-core machine; the bound leaves room for a loaded CI box.
     assert stopped_after_s is not None and stopped_after_s < 15, stopped_after_s
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_run_whose_every_create_fails_ends_cleanly(tmp_path):
+    """Issue 20, suspected: one segfault on Ctrl-C during a `create_fail_rate=1` sim run,
+    manifest left "running". A real SIGINT to the CLI, three times: exit 130, one line,
+    no fatal signal, manifest `interrupted`."""
+    import signal
+
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps({"env": "sim", "id": "t", "args": {"i": i}}) + "\n"
+                             for i in range(500)))
+    env = cli_env(RAY_ADDRESS="local", HUD_RAY_STATE_DIR=os.environ["HUD_RAY_STATE_DIR"])
+    for attempt in range(3):
+        run_dir = tmp_path / "runs" / f"c{attempt}"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hud_ray.cli", "run", str(tasks), "--agent", "nop",
+             "--provider", "sim", "--provider-opt", "create_fail_rate=1",
+             "--provider-opt", f"account=ctrlc-{attempt}-{os.getpid()}", "--concurrency", "16",
+             "--out", str(tmp_path / "runs"), "--run-id", f"c{attempt}", "--no-progress"],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the run has started once the plan printed its dir
+            if line.startswith("run directory:"):
+                break
+        # Retries are under way once the manifest shows the run and a second has passed.
+        deadline = time.monotonic() + 60
+        while not (run_dir / "manifest.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        code = proc.wait(timeout=120)
+        assert code == 130, (attempt, code, rest[-2000:])  # not -11 (SIGSEGV) or -6
+        assert "interrupted" in rest and "Segmentation" not in rest, rest[-2000:]
+        assert read_manifest(run_dir)["state"] == "interrupted"
