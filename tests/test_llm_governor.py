@@ -54,6 +54,19 @@ def test_a_429_cuts_the_rate_and_a_long_retry_after_holds_everyone_then_recovers
     assert gov.snapshot()["rate_limited"] == 1
 
 
+def test_a_burst_of_429s_cuts_the_rate_once():
+    gov, clock = governor(rpm=600, decrease_factor=0.5, pace=1.0)
+    for _ in range(4):  # four requests in flight meet the same full window
+        gov.admit()
+    for _ in range(4):
+        gov.release(status=429, retry_after_s=1.0)
+    assert gov.rate_rpm == pytest.approx(300, rel=0.01)
+    clock.now += 1.0
+    gov.admit()
+    gov.release(status=429, retry_after_s=1.0)  # a later burst: cut again
+    assert gov.rate_rpm < 300
+
+
 def test_a_short_retry_after_slows_the_others_without_stopping_them():
     gov, clock = governor(rpm=600, decrease_factor=0.5, pace=1.0)  # pause_all_after_s=5
     gov.admit()
@@ -63,10 +76,19 @@ def test_a_short_retry_after_slows_the_others_without_stopping_them():
     assert gov.wait_needed() == 0  # the others: paced at the cut rate, not held
 
 
+def test_a_late_wake_up_keeps_its_place_in_the_schedule():
+    gov, clock = governor(rpm=600, pace=1.0)  # slots every 0.1 s
+    gov.admit()  # slot 0 at t; next at t + 0.1
+    clock.now += 0.13  # woke 30 ms late for slot 1
+    assert gov.wait_needed() == 0
+    gov.admit()
+    assert gov.wait_needed() == pytest.approx(0.07)  # slot 2 stays at t + 0.2
+
+
 def test_requests_are_paced_a_little_under_the_limit_by_default():
     gov, _ = governor(rpm=600)
     gov.admit()
-    assert gov.wait_needed() == pytest.approx(0.1 / 0.99)
+    assert gov.wait_needed() == pytest.approx(0.1 / 0.975)
 
 
 def test_a_503_without_retry_after_pauses_the_default_time():
