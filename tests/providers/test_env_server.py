@@ -97,11 +97,11 @@ def test_a_hud_serve_command_serves_a_rollout_from_the_zygote(tmp_path, monkeypa
     ("loading\nenvkit: cannot load /x/env.py:4: RuntimeError: boom\n",
      "cannot load /x/env.py:4: RuntimeError: boom"),
     ('Traceback (most recent call last):\n  File "/usr/lib/python3.11/runpy.py", line 1, in x\n'
-     '  File "/home/u/env.py", line 7, in <module>\n    import fastmcp\n'
+     '  File "app/env.py", line 7, in <module>\n    import fastmcp\n'
      "ModuleNotFoundError: No module named 'fastmcp'\n",
-     "/home/u/env.py:7: ModuleNotFoundError: No module named 'fastmcp'"),
+     "app/env.py:7: ModuleNotFoundError: No module named 'fastmcp'"),
     ('Traceback (most recent call last):\n  File "/v/site-packages/hud/x.py", line 3, in y\n'
-     "hud.Error: /home/u/env.py:2: ValueError: bad\n", "/home/u/env.py:2: ValueError: bad"),
+     "hud.Error: app/env.py:2: ValueError: bad\n", "app/env.py:2: ValueError: bad"),
     ("starting\nfatal: /data/app.db is locked\n", "fatal: /data/app.db is locked"),
     ("", "(no output)"),
 ], ids=["envkit", "traceback", "located-message", "plain", "silent"])
