@@ -166,6 +166,14 @@ class RolloutWorkerImpl:
         record_live(self.worker_id, self.provider.name, len(self._running) + warm)
         self._wake.set()
 
+    async def cancel(self, keys: list[str]) -> int:
+        """Cancel these rollouts (a trainer cancelled their group): each tears its sandbox
+        down and ends as a `cancelled` row in the next `step` reply. Returns how many ran."""
+        tasks = [self._running[key] for key in keys if key in self._running]
+        for task in tasks:
+            task.cancel()
+        return len(tasks)
+
     async def shutdown(self, timeout_s: float = 60.0) -> list[dict[str, Any]]:
         """Cancel every rollout (each tears its sandbox down), return their rows."""
         tasks = list(self._running.values())

@@ -1,0 +1,422 @@
+"""A long-lived rollout source for an RL trainer.
+
+    with RolloutSource("pkg.agent:run", provider="docker", concurrency=256,
+                       rule={"min_ok": 6, "on_agent_error": "zero_reward"},
+                       staleness={"max_staleness": 1, "groups_per_step": 32}) as source:
+        for task in first_batch:
+            source.submit(task, n=8, sampling={"temperature": 1.0})
+        for group in source:                      # complete groups, as they finish
+            train_on(group)
+            source.ack(group.group_id)            # consumed: never handed out again
+            source.set_policy(version=step + 1)   # new weights
+            source.submit(next_task(), n=8)
+
+Each member is an ordinary hud_ray rollout (any provider, any agent) and lands in the
+run's Parquet (`<out>/<run_id>/rollouts/`); workers and warm sandboxes stay up between
+steps. A group is handed out once, whole, after its rows are on disk, and recorded in the
+group log (`<run_dir>/rl/groups.jsonl`): a driver restarted with `resume=True` hands out
+again only what was emitted and never acked, finishes what was started (members already
+in Parquet are not rerun) and never repeats a consumed group.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from hud_ray.results import latest_per_key, read_results
+from hud_ray.rl.group_log import GroupLog, LoggedGroup
+from hud_ray.rl.groups import (
+    Group,
+    GroupRequest,
+    member_of,
+    member_rollouts,
+    rl_facts,
+    stamp_row,
+)
+from hud_ray.rl.rules import GroupRule, judge
+from hud_ray.rl.staleness import Staleness, StalenessPolicy
+from hud_ray.tasks import Rollout, Task
+
+log = logging.getLogger("hud_ray.rl")
+
+
+class SourceClosedError(RuntimeError):
+    """submit() after close()."""
+
+
+class SourceFullError(RuntimeError):
+    """Too many groups submitted and not yet taken: the trainer must take some first."""
+
+
+class _Live(BaseModel):
+    """A group the driver is working on (not yet emitted or dropped)."""
+
+    group_id: str
+    request: GroupRequest
+    round: int = 0
+    admitted: bool = False
+    rows: dict[str, dict[str, Any]] = {}
+    durable: set[str] = set()
+
+    def keys(self) -> list[str]:
+        n, slug = self.request.n, self.request.task.slug
+        return [f"{self.group_id}.{slug}#{self.round * n + i}" for i in range(n)]
+
+
+class RolloutSource:
+    """See the module doc. Thread-safe; the trainer side is `submit`, iteration /
+    `next_group`, `ack`, `cancel`, `set_policy`, `close`."""
+
+    def __init__(self, agent: Any, provider: str = "local", *, out: str | Path = "runs",
+                 run_id: str | None = None, resume: bool = False, concurrency: int = 8,
+                 rule: GroupRule | dict[str, Any] | None = None,
+                 staleness: StalenessPolicy | dict[str, Any] | None = None,
+                 max_ready_groups: int = 64, max_outstanding_groups: int = 4096,
+                 workers: int | None = None, timeout_s: float = 600.0, max_attempts: int = 3,
+                 flush_s: float = 0.25, governor: Any = True, warm: float | None = None,
+                 provider_options: dict[str, Any] | None = None,
+                 agent_config: dict[str, Any] | None = None,
+                 llm_limits: dict[str, Any] | None = None, step_wait_s: float = 0.1,
+                 retry_backoff_s: float = 1.0, version: int = 0,
+                 **provider_kwargs: Any) -> None:
+        from hud_ray.rl.build import build_scheduler
+
+        self.rule = rule if isinstance(rule, GroupRule) else GroupRule(**(rule or {}))
+        policy = (staleness if isinstance(staleness, StalenessPolicy)
+                  else StalenessPolicy(**(staleness or {})))
+        self.staleness = Staleness(policy)
+        for name, value in (("max_ready_groups", max_ready_groups),
+                            ("max_outstanding_groups", max_outstanding_groups)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        self.max_ready = max_ready_groups
+        self.max_outstanding = max_outstanding_groups
+        self._cond = threading.Condition()
+        self._version = self._check_version(version, None)
+        self._queue: collections.deque[str] = collections.deque()  # submitted, not started
+        self._members: collections.deque[Rollout] = collections.deque()  # to start now
+        self._live: dict[str, _Live] = {}
+        self._ready: collections.deque[Group] = collections.deque()
+        self._cancels: set[str] = set()
+        self._key_group: dict[str, str] = {}
+        self._running = 0  # groups started and not finished (the capacity rule's count)
+        self._emitted = 0
+        self._taken = 0
+        self._closed = False
+        self._error: BaseException | None = None
+        self.scheduler, self.run_dir = build_scheduler(
+            agent, provider, self, out=out, run_id=run_id, resume=resume,
+            concurrency=concurrency, workers=workers, timeout_s=timeout_s,
+            max_attempts=max_attempts, flush_s=flush_s, governor=governor, warm=warm,
+            provider_options={**provider_kwargs, **(provider_options or {})},
+            agent_config=agent_config, llm_limits=llm_limits, step_wait_s=step_wait_s,
+            retry_backoff_s=retry_backoff_s)
+        self.log = GroupLog(self.run_dir)
+        if resume:
+            self._recover()
+        self._thread = threading.Thread(target=self._drive, name="hud-ray-rl", daemon=True)
+        self._thread.start()
+
+    # --- trainer side ----------------------------------------------------------------
+    def submit(self, task: Task | dict[str, Any], n: int, sampling: dict[str, Any] | None = None,
+               meta: dict[str, Any] | None = None) -> str:
+        """Queue a group of `n` rollouts of `task`; returns its group id."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"group size n must be a whole number >= 1, got {n!r}")
+        task = task if isinstance(task, Task) else Task.model_validate(task)
+        request = GroupRequest(task=task, n=n, sampling=sampling or {}, meta=meta or {})
+        with self._cond:
+            self._raise_if_failed()
+            if self._closed:
+                raise SourceClosedError("submit() after close(): this rollout source takes "
+                                        "no more groups")
+            outstanding = len(self._live) + len(self._ready)
+            if outstanding >= self.max_outstanding:
+                raise SourceFullError(
+                    f"{outstanding} groups submitted and not yet taken "
+                    f"(max_outstanding_groups={self.max_outstanding}): take finished groups "
+                    "(iterate the source) before submitting more")
+            group_id = f"g{len(self.log.groups):07d}"
+            self.log.append("submit", group_id, request=request.model_dump(mode="json"))
+            self._live[group_id] = _Live(group_id=group_id, request=request)
+            self._queue.append(group_id)
+            self._cond.notify_all()
+        return group_id
+
+    def next_group(self, timeout_s: float | None = None) -> Group | None:
+        """The next complete group; None once the source is closed and everything is out
+        (or after `timeout_s` with nothing ready: check `closed`/`stats()` to tell)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                self._raise_if_failed()
+                while self._ready:
+                    group = self._ready.popleft()
+                    if self._still_fresh(group):
+                        self._taken += 1
+                        self._cond.notify_all()  # room in the ready buffer: admit more
+                        return group
+                if self._closed and not self._thread.is_alive():
+                    return None
+                wait = None if deadline is None else deadline - time.monotonic()
+                if wait is not None and wait <= 0:
+                    return None
+                self._cond.wait(0.5 if wait is None else min(wait, 0.5))
+
+    def __iter__(self) -> Iterator[Group]:
+        while (group := self.next_group()) is not None:
+            yield group
+
+    async def __aiter__(self) -> Any:
+        import asyncio
+
+        while (group := await asyncio.to_thread(self.next_group)) is not None:
+            yield group
+
+    def ack(self, group_id: str) -> None:
+        """The trainer has consumed the group: a restarted driver never hands it out again."""
+        with self._cond:
+            logged = self._logged(group_id)
+            if logged.state != "emitted":
+                raise ValueError(f"ack({group_id!r}): the group is {logged.state}, not emitted")
+            self.log.append("consumed", group_id)
+
+    def cancel(self, group_id: str) -> None:
+        """Give a group up: its queued members never start, its running ones are cancelled
+        and their sandboxes torn down, wherever they are; it is never handed out."""
+        with self._cond:
+            logged = self._logged(group_id)
+            if logged.state in ("consumed", "cancelled", "dropped"):
+                return
+            live = self._live.pop(group_id, None)
+            self._ready = collections.deque(g for g in self._ready if g.group_id != group_id)
+            self.log.append("cancel", group_id, reason="cancelled by the trainer")
+            if live is None:
+                return
+            keys = set(live.keys())
+            self._members = collections.deque(r for r in self._members
+                                              if r.rollout_key not in keys)
+            if group_id in self._queue:
+                self._queue.remove(group_id)
+            if live.admitted:
+                self._running -= 1
+                self._cancels |= keys
+            self._cond.notify_all()
+
+    def set_policy(self, version: int) -> None:
+        """The trainer's current policy version: members started from now on carry it,
+        and staleness is measured against it."""
+        with self._cond:
+            self._version = self._check_version(version, self._version)
+            self._cond.notify_all()
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def close(self, cancel: bool = False, timeout_s: float | None = None) -> None:
+        """No more submissions. Groups already submitted still finish and can be taken
+        (unless `cancel`: then they are cancelled). Returns when the rollouts are done and
+        the run directory is closed."""
+        with self._cond:
+            self._closed = True
+            pending = list(self._live) if cancel else []
+        for group_id in pending:
+            self.cancel(group_id)
+        self._thread.join(timeout_s)
+        with self._cond:
+            self.log.close()
+            self._cond.notify_all()
+
+    def __enter__(self) -> RolloutSource:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close(cancel=exc[0] is not None)
+
+    def stats(self) -> dict[str, Any]:
+        with self._cond:
+            return {"version": self._version, "submitted": len(self.log.groups),
+                    "running": self._running, "queued": len(self._queue),
+                    "ready": len(self._ready), "emitted": self._emitted,
+                    "taken": self._taken, "consumed": self.log.count("consumed"),
+                    "dropped": self.log.count("dropped"),
+                    "cancelled": self.log.count("cancelled"), **self.staleness.report()}
+
+    # --- scheduler side (its thread) --------------------------------------------------
+    def next_rollout(self) -> Rollout | None:
+        with self._cond:
+            if not self._members:
+                self._admit()
+            return self._members.popleft() if self._members else None
+
+    def exhausted(self) -> bool:
+        with self._cond:  # closed, and every submitted group finished
+            return (self._closed and not self._queue and not self._members
+                    and self._running == 0)
+
+    def take_cancels(self) -> set[str]:
+        with self._cond:
+            keys, self._cancels = self._cancels, set()
+            return keys
+
+    def on_row(self, row: dict[str, Any]) -> None:
+        with self._cond:
+            stamp_row(row, policy_version_end=self._version)
+            live = self._live.get(self._key_group.get(row["rollout_key"], ""))
+            if live is not None and row["rollout_key"] in live.keys():
+                live.rows[row["rollout_key"]] = dict(row)
+
+    # --- internals ----------------------------------------------------------------------
+    def _drive(self) -> None:
+        try:
+            for batch in self.scheduler.run():
+                self._landed(batch.column("rollout_key").to_pylist())
+        except BaseException as exc:  # the trainer sees it at its next call
+            log.error("rollout source stopped: %s: %s", type(exc).__name__, exc)
+            with self._cond:
+                self._error = exc
+        finally:
+            with self._cond:
+                self._cond.notify_all()
+
+    def _landed(self, keys: list[str]) -> None:
+        """Rows now on disk: a group whose every member is on disk is finished."""
+        with self._cond:
+            for key in keys:
+                live = self._live.get(self._key_group.get(key, ""))
+                if live is None or key not in live.rows:
+                    continue
+                live.durable.add(key)
+                if len(live.durable & set(live.keys())) == live.request.n:
+                    self._finish(live)
+            self._cond.notify_all()
+
+    def _finish(self, live: _Live) -> None:
+        rows = [live.rows[k] for k in live.keys()]
+        started = [rl_facts(r).get("policy_version_start") for r in rows]
+        oldest = min((s for s in started if s is not None), default=None)
+        if self.staleness.over(self._version, oldest):
+            self._over_bound(live, f"a member started at version {oldest}, now "
+                             f"{self._version} (max_staleness "
+                             f"{self.staleness.policy.max_staleness})")
+            return
+        self._running -= 1
+        verdict = judge(self.rule, live.request.n, rows)
+        del self._live[live.group_id]
+        if verdict.reason is not None:
+            self.log.append("drop", live.group_id, reason=verdict.reason, kind="rule")
+            return
+        members = [member_of(live.rows[k], zeroed=k in verdict.zeroed) for k in verdict.kept]
+        group = Group(group_id=live.group_id, request=live.request, members=members,
+                      dropped=verdict.dropped)
+        self.log.append("emit", live.group_id, group=group.model_dump(mode="json"))
+        self.staleness.note_emitted(self._version, group.min_version)
+        self._emitted += 1
+        self._ready.append(group)
+
+    def _over_bound(self, live: _Live, why: str) -> None:
+        """A group too stale to train on: dropped, or started again with fresh members."""
+        if self.staleness.policy.over_bound == "rerun":
+            self.staleness.rerun += 1
+            live.round += 1
+            live.rows, live.durable, live.admitted = {}, set(), False
+            self.log.append("rerun", live.group_id, round=live.round, reason=why)
+            self._running -= 1
+            self._queue.appendleft(live.group_id)
+            return
+        self.staleness.dropped += 1
+        self._running -= 1
+        del self._live[live.group_id]
+        self.log.append("drop", live.group_id, reason=why, kind="stale")
+
+    def _still_fresh(self, group: Group) -> bool:
+        """At take time: the bound holds against the version now, not at emission."""
+        if not self.staleness.over(self._version, group.min_version):
+            return True
+        why = (f"taken at version {self._version}, a member started at {group.min_version}")
+        if self.staleness.policy.over_bound == "rerun":
+            live = _Live(group_id=group.group_id, request=group.request,
+                         round=self.log.groups[group.group_id].round)
+            self._live[group.group_id] = live
+            self._running += 1
+            self._over_bound(live, why)
+        else:
+            self.staleness.dropped += 1
+            self.log.append("drop", group.group_id, reason=why, kind="stale")
+        self._emitted -= 1  # it never counted as trainable after all
+        return False
+
+    def _admit(self) -> None:
+        """Start the next queued group if the trainer keeps up (ready buffer) and the
+        capacity rule allows; its members carry the version they start at."""
+        while self._queue:
+            if len(self._ready) >= self.max_ready and not self._closed:
+                return  # the trainer is not taking groups: start nothing more
+            if not self.staleness.may_start(self._version, self._emitted, self._running):
+                return
+            live = self._live[self._queue.popleft()]
+            live.admitted = True
+            self._running += 1
+            todo = [r for r in member_rollouts(live.group_id, live.request, live.round,
+                                               self._version)
+                    if r.rollout_key not in live.rows]
+            for rollout in todo:
+                self._key_group[rollout.rollout_key] = live.group_id
+            if not todo:  # all members were already on disk (a resume)
+                self._finish(live)
+                continue
+            self._members.extend(todo)
+            return
+
+    def _recover(self) -> None:
+        """Resume: hand out again what was emitted and never acked; finish the rest."""
+        table = latest_per_key(read_results(self.run_dir))
+        on_disk = {row["rollout_key"]: row for row in table.to_pylist()}
+        for logged in self.log.groups.values():
+            if logged.state == "emitted":
+                self._reemit(logged)
+            elif logged.state == "submitted":
+                live = _Live(group_id=logged.group_id,
+                             request=GroupRequest.model_validate(logged.request),
+                             round=logged.round)
+                for key in live.keys():
+                    self._key_group[key] = live.group_id
+                    if key in on_disk:
+                        live.rows[key] = on_disk[key]
+                        live.durable.add(key)
+                self._live[live.group_id] = live
+                self._queue.append(live.group_id)
+
+    def _reemit(self, logged: LoggedGroup) -> None:
+        group = Group.model_validate({**(logged.emitted or {}), "reemitted": True})
+        self._emitted += 1
+        self._ready.append(group)
+
+    def _logged(self, group_id: str) -> LoggedGroup:
+        logged = self.log.groups.get(group_id)
+        if logged is None:
+            raise KeyError(f"no group {group_id!r} in this rollout source")
+        return logged
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"the rollout source stopped: {type(self._error).__name__}: "
+                               f"{self._error}") from self._error
+
+    @staticmethod
+    def _check_version(version: Any, current: int | None) -> int:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+            raise ValueError(f"policy version must be a whole number >= 0, got {version!r}")
+        if current is not None and version < current:
+            raise ValueError(f"policy version {version} is older than the current "
+                             f"{current}: versions only move forward")
+        return version
