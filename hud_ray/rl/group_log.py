@@ -45,6 +45,8 @@ class GroupLog:
         if self.path.exists():
             self._replay()
         self._fh = self.path.open("a", encoding="utf-8")
+        if self._fh.tell() and not self.path.read_bytes().endswith(b"\n"):
+            self._fh.write("\n")  # end the torn line: the next record must not join it
 
     def _replay(self) -> None:
         with self.path.open(encoding="utf-8") as fh:
@@ -75,6 +77,8 @@ class GroupLog:
     def append(self, op: str, group_id: str, **fields: Any) -> None:
         """Write one record durably (fsync), then apply it to the in-memory state."""
         record = {"op": op, "group_id": group_id, **fields}
+        if self._fh.closed:  # acks of groups taken after the source was closed
+            self._fh = self.path.open("a", encoding="utf-8")
         self._fh.write(json.dumps(record, default=str, separators=(",", ":")) + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hud_ray.rl.rules import GroupRule
 from hud_ray.tasks import Rollout, Task
 
 RL_COLUMN = "rl"  # the task column (and row column) where a member's RL facts live
@@ -24,6 +25,8 @@ class GroupRequest(BaseModel):
     n: int
     sampling: dict[str, Any] = Field(default_factory=dict)
     meta: dict[str, Any] = Field(default_factory=dict)
+    rule: GroupRule | None = Field(None, description="this group's failure rule "
+                                   "(default: the source's)")
 
 
 class Member(BaseModel):

@@ -127,12 +127,15 @@ class RolloutSource:
 
     # --- trainer side ----------------------------------------------------------------
     def submit(self, task: Task | dict[str, Any], n: int, sampling: dict[str, Any] | None = None,
-               meta: dict[str, Any] | None = None) -> str:
-        """Queue a group of `n` rollouts of `task`; returns its group id."""
+               meta: dict[str, Any] | None = None,
+               rule: GroupRule | dict[str, Any] | None = None) -> str:
+        """Queue a group of `n` rollouts of `task` (`rule`: this group's failure rule, if
+        not the source's); returns its group id."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"group size n must be a whole number >= 1, got {n!r}")
         task = task if isinstance(task, Task) else Task.model_validate(task)
-        request = GroupRequest(task=task, n=n, sampling=sampling or {}, meta=meta or {})
+        request = GroupRequest(task=task, n=n, sampling=sampling or {}, meta=meta or {},
+                               rule=GroupRule.model_validate(rule) if rule else None)
         with self._cond:
             self._raise_if_failed()
             if self._closed:
@@ -310,7 +313,7 @@ class RolloutSource:
                              f"{self.staleness.policy.max_staleness})")
             return
         self._running -= 1
-        verdict = judge(self.rule, live.request.n, rows)
+        verdict = judge(live.request.rule or self.rule, live.request.n, rows)
         del self._live[live.group_id]
         if verdict.reason is not None:
             self.log.append("drop", live.group_id, reason=verdict.reason, kind="rule")
