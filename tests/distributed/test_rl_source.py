@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -13,7 +15,7 @@ from hud_ray.results import read_results
 from hud_ray.rl import RolloutSource, SourceClosedError, SourceFullError
 from hud_ray.rl.group_log import GroupLog
 from providers.sim import sim_stats
-from tests.distributed.conftest import wait_for
+from tests.distributed.conftest import REPO, kill_tree, wait_for
 
 AGENTS = "tests/fakes/rl_agents.py"
 
@@ -145,3 +147,53 @@ def test_bad_inputs_each_get_one_clear_error(ray_local, tmp_path):
     with pytest.raises(SourceClosedError, match="after close"):
         source.submit(_task(3), n=1)
     assert {g.group_id for g in source} >= {first}, "nothing lost"
+
+
+@pytest.mark.slow
+def test_a_killed_and_restarted_driver_loses_no_group_and_acks_none_twice(ray_local, tmp_path):
+    """SIGKILL the trainer's driver mid-run, start it again (resume): every group is
+    acked exactly once; one handed out again was never acked before the kill; no member
+    row is duplicated in Parquet; no sandbox is left."""
+    account = f"rl-{uuid.uuid4().hex[:6]}"
+    out, total = tmp_path / "runs", 30
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
+           "RAY_AUTH_MODE": "disabled"}
+    trainer_log = out / "trainer.log"
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.distributed.rl_driver", str(out), account,
+             str(total)], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, start_new_session=True)
+
+    def acked() -> list[str]:
+        if not trainer_log.exists():
+            return []
+        return [ln.split()[1] for ln in trainer_log.read_text().splitlines()
+                if ln.startswith("acked")]
+
+    first = start()
+    try:
+        wait_for(lambda: len(acked()) >= 8, 120, "8 groups acked by the first driver")
+    finally:
+        kill_tree(first)
+    before = set(acked())
+    second = start()
+    try:
+        _, stderr = second.communicate(timeout=180)
+    finally:
+        kill_tree(second)
+    assert second.returncode == 0, stderr[-3000:]
+    lines = trainer_log.read_text().splitlines()
+    acks = acked()
+    assert len(acks) == len(set(acks)), "no group acked twice"
+    log = GroupLog(out / "rl-restart")
+    assert len(log.groups) == total
+    assert set(acks) | {g for g, lg in log.groups.items() if lg.state == "dropped"} == set(
+        log.groups), "no group lost"
+    again = [ln.split()[1] for ln in lines if ln.startswith("took") and ln.endswith("True")]
+    assert not set(again) & before, "only groups never acked are handed out again"
+    rows = read_results(out / "rl-restart").to_pylist()
+    keys = [r["rollout_key"] for r in rows]
+    assert len(keys) == len(set(keys)) == total * 3, "every member once in Parquet"
+    wait_for(lambda: sim_stats(account)["live"] == 0, 60, "0 sandboxes left in the sim")
