@@ -66,7 +66,7 @@ class Group(BaseModel):
 
 
 def member_rollouts(group_id: str, request: GroupRequest, round_: int,
-                    version: int) -> list[Rollout]:
+                    version: int, policy: str | None = None) -> list[Rollout]:
     """The group's `n` rollouts for `round_` (0, or k after k staleness reruns): keys
     `<group_id>.<slug>#<round*n + i>`, unique within the run, stable across restarts."""
     task = request.task
@@ -74,7 +74,7 @@ def member_rollouts(group_id: str, request: GroupRequest, round_: int,
     for i in range(request.n):
         columns = {**task.columns, RL_COLUMN: {
             "group_id": group_id, "index": i, "round": round_, "sampling": request.sampling,
-            "policy_version_start": version}}
+            "policy_version_start": version, "policy": policy}}
         member_task = task.model_copy(update={"slug": f"{group_id}.{task.slug}",
                                               "columns": columns})
         rollouts.append(Rollout(task=member_task, repeat=round_ * request.n + i))

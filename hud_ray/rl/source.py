@@ -86,13 +86,16 @@ class RolloutSource:
                  agent_config: dict[str, Any] | None = None,
                  llm_limits: dict[str, Any] | None = None, step_wait_s: float = 0.1,
                  retry_backoff_s: float = 1.0, version: int = 0,
+                 policy: dict[str, Any] | None = None,
                  **provider_kwargs: Any) -> None:
+        from hud_ray.api import new_run_id
         from hud_ray.rl.build import build_scheduler
+        from hud_ray.rl.policy import actor_name, check_endpoint, start_policy_actor
 
         self.rule = rule if isinstance(rule, GroupRule) else GroupRule(**(rule or {}))
-        policy = (staleness if isinstance(staleness, StalenessPolicy)
-                  else StalenessPolicy(**(staleness or {})))
-        self.staleness = Staleness(policy)
+        bound = (staleness if isinstance(staleness, StalenessPolicy)
+                 else StalenessPolicy(**(staleness or {})))
+        self.staleness = Staleness(bound)
         for name, value in (("max_ready_groups", max_ready_groups),
                             ("max_outstanding_groups", max_outstanding_groups)):
             if not isinstance(value, int) or value < 1:
@@ -112,6 +115,18 @@ class RolloutSource:
         self._taken = 0
         self._closed = False
         self._error: BaseException | None = None
+        policy = dict(policy or {})
+        unknown = sorted(set(policy) - {"base_url", "model"})
+        if unknown:
+            raise ValueError(f"policy: unknown key(s) {', '.join(unknown)} (known: base_url, "
+                             "model)")
+        if policy.get("base_url"):
+            check_endpoint(policy["base_url"], policy.get("model"))
+        run_id = run_id or new_run_id()
+        self.policy_name = actor_name(run_id)
+        if isinstance(agent, str) and agent.startswith("openai:"):
+            # The built-in agent's model calls follow the policy (hud_ray.rl.policy).
+            agent_config = {**(agent_config or {}), "policy": self.policy_name}
         self.scheduler, self.run_dir = build_scheduler(
             agent, provider, self, out=out, run_id=run_id, resume=resume,
             concurrency=concurrency, workers=workers, timeout_s=timeout_s,
@@ -119,6 +134,8 @@ class RolloutSource:
             provider_options={**provider_kwargs, **(provider_options or {})},
             agent_config=agent_config, llm_limits=llm_limits, step_wait_s=step_wait_s,
             retry_backoff_s=retry_backoff_s)
+        self.policy_actor = start_policy_actor(run_id, self._version, policy.get("base_url"),
+                                               policy.get("model"))
         self.log = GroupLog(self.run_dir)
         if resume:
             self._recover()
@@ -214,12 +231,45 @@ class RolloutSource:
                 self._cancels |= keys
             self._cond.notify_all()
 
-    def set_policy(self, version: int) -> None:
-        """The trainer's current policy version: members started from now on carry it,
-        and staleness is measured against it."""
+    def set_policy(self, version: int, base_url: str | None = None,
+                   model: str | None = None) -> None:
+        """The trainer's current policy: members started from now on carry `version`,
+        staleness is measured against it, and agents' next model calls go to `base_url`
+        / `model` (unchanged when not given) and are recorded with it."""
+        import ray
+
+        from hud_ray.rl.policy import check_endpoint
+
         with self._cond:
-            self._version = self._check_version(version, self._version)
+            self._check_version(version, self._version)
+        if base_url:
+            check_endpoint(base_url, model)  # an unknown endpoint: one clear error
+        ray.get(self.policy_actor.set.remote(version, base_url, model), timeout=60)
+        with self._cond:
+            self._version = version
             self._cond.notify_all()
+
+    def pause(self, mode: str = "hold", timeout_s: float | None = None) -> None:
+        """Before a weight update: `drain` (block new model calls, return when in-flight
+        ones have finished), `hold` (block new calls, return now) or `abort` (cancel
+        in-flight calls, to be sent again after `resume`). Sandboxes stay up; agents see
+        a slow call, never an error."""
+        import ray
+
+        if mode not in ("drain", "hold", "abort"):
+            raise ValueError(f"pause mode must be 'drain', 'hold' or 'abort', got {mode!r}")
+        ray.get(self.policy_actor.pause.remote(mode), timeout=timeout_s)
+
+    def resume(self) -> None:
+        """After the weight update: blocked and aborted model calls go (to the new policy)."""
+        import ray
+
+        ray.get(self.policy_actor.resume.remote(), timeout=60)
+
+    def policy_state(self) -> dict[str, Any]:
+        import ray
+
+        return ray.get(self.policy_actor.snapshot.remote(), timeout=60)
 
     @property
     def version(self) -> int:
@@ -370,7 +420,7 @@ class RolloutSource:
             live.admitted = True
             self._running += 1
             todo = [r for r in member_rollouts(live.group_id, live.request, live.round,
-                                               self._version)
+                                               self._version, self.policy_name)
                     if r.rollout_key not in live.rows]
             for rollout in todo:
                 self._key_group[rollout.rollout_key] = live.group_id
