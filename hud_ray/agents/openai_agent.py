@@ -38,6 +38,10 @@ SETTINGS = ("base_url", "api_key_env", "temperature", "top_p", "max_tokens", "ma
             "extra_body", "llm_limits", "policy")
 
 
+SAMPLING_KWARGS = ("temperature", "top_p", "max_tokens", "seed", "stop", "presence_penalty",
+                   "frequency_penalty")
+
+
 class ModelEndpointError(RuntimeError):
     """The model endpoint failed a call (after the client's own retries)."""
 
@@ -122,6 +126,13 @@ class OpenAIAgent:
         if self.settings.get("logprobs"):
             kwargs["logprobs"] = True
         extra_body = dict(self.settings.get("extra_body") or {})
+        # An RL group's sampling parameters (hud_ray.rl), over the agent's own settings.
+        sampling = ((session.task.columns or {}).get("rl") or {}).get("sampling") or {}
+        for key, value in sampling.items():
+            if key in SAMPLING_KWARGS:
+                kwargs[key] = value
+            else:
+                extra_body[key] = value  # vLLM's own (top_k, min_p, ...)
         if self.settings.get("return_token_ids"):
             extra_body["return_token_ids"] = True
         if extra_body:

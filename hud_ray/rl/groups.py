@@ -45,6 +45,14 @@ class Member(BaseModel):
     version_end: int | None = None
     row: dict[str, Any] | None = Field(None, exclude=True)
 
+    def tokens(self) -> list[Any]:
+        """Its turns merged into trainable sequences (`hud_ray.rl.tokens.merge`)."""
+        from hud_ray.rl.tokens import merge, turns_of
+
+        if self.row is None:
+            raise ValueError(f"member {self.rollout_key}: its row is not loaded")
+        return merge(turns_of(self.row))
+
 
 class Group(BaseModel):
     """A complete, trainable group; handed out once (`RolloutSource.ack` marks it)."""

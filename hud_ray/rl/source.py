@@ -436,7 +436,7 @@ class RolloutSource:
         on_disk = {row["rollout_key"]: row for row in table.to_pylist()}
         for logged in self.log.groups.values():
             if logged.state == "emitted":
-                self._reemit(logged)
+                self._reemit(logged, on_disk)
             elif logged.state == "submitted":
                 live = _Live(group_id=logged.group_id,
                              request=GroupRequest.model_validate(logged.request),
@@ -449,8 +449,11 @@ class RolloutSource:
                 self._live[live.group_id] = live
                 self._queue.append(live.group_id)
 
-    def _reemit(self, logged: LoggedGroup) -> None:
+    def _reemit(self, logged: LoggedGroup, on_disk: dict[str, dict[str, Any]]) -> None:
+        """An emitted group's rows were on disk before it was emitted: reattach them."""
         group = Group.model_validate({**(logged.emitted or {}), "reemitted": True})
+        for member in group.members:
+            member.row = on_disk.get(member.rollout_key)
         self._emitted += 1
         self._ready.append(group)
 

@@ -23,7 +23,8 @@ def _source(tmp_path, model: ScriptedModel, account: str, **kw) -> RolloutSource
     return RolloutSource(
         "openai:scripted-1", provider="sim", out=tmp_path / "runs", concurrency=16,
         provider_options={"account": account, "flush_s": "0"}, warm=0,
-        agent_config={"base_url": model.base_url, "max_retries": 0},
+        agent_config={"base_url": model.base_url, "max_retries": 0,
+                      "return_token_ids": True, "logprobs": True},
         policy={"base_url": model.base_url, "model": "scripted-1"}, **kw)
 
 
@@ -34,7 +35,7 @@ def _task(i: int) -> dict:
 def _train(source: RolloutSource, model: ScriptedModel, mode: str, groups: int) -> list:
     """Take groups; every 4 taken: pause, swap the weights, set the policy, resume."""
     for i in range(8):
-        source.submit(_task(i), n=4)
+        source.submit(_task(i), n=4, sampling={"temperature": 0.7, "top_k": 5})
     submitted, taken = 8, []
     for group in source:
         taken.append(group)
@@ -75,6 +76,12 @@ def test_drain_swaps_weights_between_calls_and_every_turn_has_its_version(ray_lo
     turns = [t for g in taken for t in _turn_versions(g)]
     assert len(turns) == 24 * 4 and all(s <= v <= e for s, v, e in turns)
     assert max(v for _, v, _ in turns) >= 4, "versions moved while groups ran"
+    assert {"temperature": 0.7, "top_k": 5} in model.sampling_seen, "the group's sampling"
+    for member in taken[-1].members:  # one turn: one sequence, all sampled, its version
+        (seq,) = member.tokens()
+        assert seq.loss_mask == [1] * 7 and seq.logprobs_complete and len(seq.prompt_ids) > 0
+        assert seq.logprobs == [-0.125 * (i + 1) for i in range(7)]
+        assert set(seq.versions) == {json.loads(member.row["steps"])[0]["policy_version"]}
     wait_for(lambda: sim_stats(account)["live"] == 0, 60, "0 sandboxes left in the sim")
 
 

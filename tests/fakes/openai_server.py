@@ -21,6 +21,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+SAMPLING = ("temperature", "top_p", "top_k", "min_p", "max_tokens", "seed")
 Policy = Callable[[list[dict[str, Any]], list[dict[str, Any]]], dict[str, Any]]
 
 
@@ -62,6 +63,7 @@ class ScriptedModel:
         self.weight_version = 0
         self.latency_s = latency_s
         self.served: list[tuple[str | None, int]] = []
+        self.sampling_seen: list[dict[str, Any]] = []  # sampling parameters per request
         # 429 mode: more than `limit_per_s` requests in the last second get
         # `429 Too Many Requests` with `Retry-After: 1`, as a rate-limited API answers.
         self.limit_per_s = limit_per_s
@@ -116,6 +118,7 @@ class ScriptedModel:
         first_user = next((text_of(m) for m in messages if m.get("role") == "user"), "")
         decision = self.policy(messages, tools)
         with self._lock:
+            self.sampling_seen.append({k: request[k] for k in SAMPLING if k in request})
             self.requests += 1
             self.answered_at.append(time.monotonic())
             self.conversations[first_user].append(decision)
