@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean hud-venv
+.PHONY: setup demo test lint bench clean hud-venv art-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,24 @@ setup: $(STAMP)
 # `hud-venv` is kept as an alias for scripts that still call it.
 hud-venv: setup
 
+# The ART adapter's tests (hud_ray.rl.adapters.art) check groups against OpenPipe ART's own
+# classes, which need Python >= 3.12: a venv of their own (no torch, no weights; ~2 min).
+ART_VENV  := .venv-art
+ART_STAMP := $(ART_VENV)/.installed
+PYTHON312 ?= $(firstword $(foreach p,python3.12 python3.13,$(shell $(p) -c 'print(1)' >/dev/null 2>&1 && echo $(p))) $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.1[23]*/bin/python))
+
+$(ART_STAMP):
+	@test -n "$(PYTHON312)" || { echo "art-venv: no python >= 3.12 found; set PYTHON312=/path/to/python3.12" >&2; exit 1; }
+	$(PYTHON312) -m venv $(ART_VENV)
+	$(ART_VENV)/bin/pip install --quiet openpipe-art==0.5.23
+	touch $(ART_STAMP)
+
+art-venv: $(ART_STAMP)
+
 demo: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/hud-ray demo
 
-test: $(STAMP)
+test: $(STAMP) $(ART_STAMP)
 	$(BIN)/ruff check .
 	RAY_AUTH_MODE=disabled $(BIN)/pytest -q -ra $(PYTEST_ARGS)
 
@@ -33,4 +47,4 @@ bench: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(ART_VENV) runs .pytest_cache

@@ -2,14 +2,31 @@
 
 `RolloutSource` (source.py) takes group requests and hands out complete groups, exactly
 once, under a failure rule (rules.py) and a staleness bound (staleness.py), with a
-durable group log in the run directory (group_log.py). The scheduler it drives is the
-ordinary one, fed live (live.py).
+durable group log in the run directory (group_log.py); the trainer's policy version and
+pause/resume reach agents' model calls through policy.py; tokens.py turns a member's
+turns into trainable sequences; adapters/ map groups onto trainers' own types. The
+scheduler it drives is the ordinary one, fed live (live.py). Names resolve lazily, so an
+adapter's trainer venv needs neither Ray nor pyarrow.
 """
 
-from hud_ray.rl.groups import Group, GroupRequest, Member
-from hud_ray.rl.rules import GroupRule
-from hud_ray.rl.source import RolloutSource, SourceClosedError, SourceFullError
-from hud_ray.rl.staleness import StalenessPolicy
+from __future__ import annotations
 
-__all__ = ["Group", "GroupRequest", "GroupRule", "Member", "RolloutSource",
-           "SourceClosedError", "SourceFullError", "StalenessPolicy"]
+from typing import Any
+
+_LAZY = {
+    "Group": "hud_ray.rl.groups", "GroupRequest": "hud_ray.rl.groups",
+    "Member": "hud_ray.rl.groups", "GroupRule": "hud_ray.rl.rules",
+    "RolloutSource": "hud_ray.rl.source", "SourceClosedError": "hud_ray.rl.source",
+    "SourceFullError": "hud_ray.rl.source", "StalenessPolicy": "hud_ray.rl.staleness",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hud_ray.rl' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
