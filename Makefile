@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean hud-venv art-venv
+.PHONY: setup demo test lint bench clean hud-venv art-venv vf-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,10 +33,23 @@ $(ART_STAMP):
 
 art-venv: $(ART_STAMP)
 
+# The same for the verifiers adapter (hud_ray.rl.adapters.verifiers): verifiers' own
+# Episode classes, Python >= 3.12 (~2 min, no torch).
+VF_VENV  := .venv-verifiers
+VF_STAMP := $(VF_VENV)/.installed
+
+$(VF_STAMP):
+	@test -n "$(PYTHON312)" || { echo "vf-venv: no python >= 3.12 found; set PYTHON312=/path/to/python3.12" >&2; exit 1; }
+	$(PYTHON312) -m venv $(VF_VENV)
+	$(VF_VENV)/bin/pip install --quiet verifiers==0.4.0
+	touch $(VF_STAMP)
+
+vf-venv: $(VF_STAMP)
+
 demo: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/hud-ray demo
 
-test: $(STAMP) $(ART_STAMP)
+test: $(STAMP) $(ART_STAMP) $(VF_STAMP)
 	$(BIN)/ruff check .
 	RAY_AUTH_MODE=disabled $(BIN)/pytest -q -ra $(PYTEST_ARGS)
 
@@ -47,4 +60,4 @@ bench: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) $(ART_VENV) runs .pytest_cache
+	rm -rf $(VENV) $(ART_VENV) $(VF_VENV) runs .pytest_cache
