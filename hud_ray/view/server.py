@@ -1,0 +1,277 @@
+"""`hud-ray view`: a Starlette app over the runs' Parquet, served by uvicorn.
+
+Every answer is computed from the run directories on each request (through the part cache
+in runs.py), so a run still being written shows its new rows on the next poll; the page
+polls `/api/runs` and refreshes what changed. Nothing is written into a run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from hud_ray.results import RunDirError
+from hud_ray.trajectory import step_schema
+from hud_ray.view import analysis, queries
+from hud_ray.view.runs import RunData, RunGone, RunStore
+from hud_ray.view.security import LoopbackHostMiddleware, TokenMiddleware, is_loopback
+from hud_ray.view.sqlbox import SqlRejected, run_sql
+
+STATIC = Path(__file__).parent / "static"
+# Token ids and logprobs are for training, not reading: the transcript leaves them out.
+STEP_VIEW_COLUMNS = [c for c in step_schema().names
+                     if c not in ("prompt_token_ids", "completion_token_ids", "logprobs")]
+
+
+def run_summary(run: RunData) -> dict[str, Any]:
+    """One line of the runs list: state, counts, reward, when, what."""
+    try:
+        manifest = run.manifest()
+        table, version = run.table()
+    except (RunDirError, RunGone) as exc:
+        return {"run_id": run.run_id, "path": str(run.path), "state": "unreadable",
+                "error": str(exc)}
+    config = manifest.get("config") or {}
+    rewards = table.column("reward").to_pylist()
+    statuses = table.column("status").to_pylist()
+    scored = [r if s == "ok" and r is not None else 0.0 for r, s in zip(
+        rewards, statuses, strict=True)]
+    counts: dict[str, int] = {}
+    for s in statuses:
+        counts[s] = counts.get(s, 0) + 1
+    return {"run_id": run.run_id, "path": str(run.path), "state": run.state(manifest),
+            "rows": table.num_rows, "counts": counts, "version": version,
+            "mean_reward": sum(scored) / len(scored) if scored else None,
+            "started_at": manifest.get("started_at"), "finished_at": manifest.get("finished_at"),
+            "updated_at": manifest.get("updated_at"),
+            "expected": manifest.get("total") or config.get("total"),
+            "config": {k: config.get(k) for k in ("tasks", "agent", "provider", "repeats",
+                                                  "variant", "sweep") if config.get(k)},
+            "variants": sorted({v for v in table.column("variant").to_pylist() if v}),
+            "unreadable_parts": run.unreadable_parts()}
+
+
+def read_steps_of(run: RunData, keys: list[str], columns: list[str] | None = None) -> pa.Table:
+    files = run.step_files()
+    if not files or not keys:
+        return step_schema().empty_table().select(columns or step_schema().names)
+    dataset = ds.dataset([str(f) for f in files], format="parquet", schema=step_schema())
+    table = dataset.to_table(columns=columns, filter=ds.field("rollout_key").isin(keys))
+    return table.sort_by([("rollout_key", "ascending"), ("index", "ascending")])
+
+
+def all_steps(run: RunData) -> pa.Table:
+    files = run.step_files()
+    if not files:
+        return step_schema().empty_table()
+    return ds.dataset([str(f) for f in files], format="parquet", schema=step_schema()).to_table()
+
+
+class Viewer:
+    """The app's state: the run store and the per-version caches of the heavy answers."""
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+        self._cache: dict[tuple[str, str, str], Any] = {}
+
+    def cached(self, run: RunData, what: str, compute: Any) -> Any:
+        table, version = run.table()
+        key = (run.run_id, what, version)
+        if key not in self._cache:
+            self._cache = {k: v for k, v in self._cache.items()
+                           if (k[0], k[1]) != (run.run_id, what)}
+            self._cache[key] = compute(table)
+        return self._cache[key]
+
+    def side(self, request: Request, prefix: str) -> list[dict[str, Any]]:
+        """One side of a comparison: a run (`a`), narrowed to a variant (`a_variant`)."""
+        run_id = request.query_params.get(prefix)
+        if not run_id:
+            raise ValueError(f"compare needs ?{prefix}=RUN_ID")
+        table, _ = self.store.get(run_id).table()
+        rows = table.select(["slug", "status", "reward", "variant", "rollout_key"]).to_pylist()
+        variant = request.query_params.get(f"{prefix}_variant")
+        if variant:
+            rows = [r for r in rows if (r["variant"] or "") == variant]
+            if not rows:
+                raise ValueError(f"run {run_id} has no rollouts of variant {variant!r}")
+        return rows
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN and infinities as null (JSON has neither), dates as ISO text."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(json.dumps(_clean(data), default=str), status_code=status,
+                    media_type="application/json")
+
+
+def api(handler: Any) -> Any:
+    """One clear JSON error per bad input or vanished run; the page shows it and goes on."""
+    async def endpoint(request: Request) -> Response:
+        from starlette.concurrency import run_in_threadpool
+
+        try:
+            if request.method == "POST":
+                request.state.body = await request.json()
+            result = await run_in_threadpool(handler, request)
+        except (RunGone, RunDirError, FileNotFoundError) as exc:
+            return _json({"error": str(exc)}, 404)
+        except (SqlRejected, ValueError, TypeError) as exc:
+            return _json({"error": str(exc)}, 400)
+        return result if isinstance(result, Response) else _json(result)
+    return endpoint
+
+
+def build_app(store: RunStore, token: str | None = None, loopback: bool = True) -> Starlette:
+    viewer = Viewer(store)
+
+    def runs(request: Request) -> Any:
+        found = store.scan()
+        return {"roots": [str(r) for r in store.roots], "runs": [run_summary(r) for r in found]}
+
+    def run_of(request: Request) -> RunData:
+        return store.get(request.path_params["run_id"])
+
+    def overview(request: Request) -> Any:
+        run = run_of(request)
+        summary = run_summary(run)
+        return {"run": summary, **viewer.cached(run, "overview", queries.overview)}
+
+    def filters(request: Request, run: RunData) -> dict[str, str]:
+        """The URL's filters; a triage cluster (`cluster=status|error_type|signature`)
+        becomes the keys of its rollouts."""
+        params = dict(request.query_params)
+        if cluster := params.pop("cluster", None):
+            found = [c for c in viewer.cached(run, "triage", analysis.triage)["clusters"]
+                     if f"{c['status']}|{c['error_type']}|{c['signature']}" == cluster]
+            params["keys"] = ",".join(found[0]["keys"]) if found else "\x00none"
+        return params
+
+    def rollouts(request: Request) -> Any:
+        run = run_of(request)
+        table, _ = run.table()
+        return queries.rollouts_page(table, filters(request, run))
+
+    def facets(request: Request) -> Any:
+        run = run_of(request)
+        return {"columns": queries.columns(), **viewer.cached(run, "facets", queries.facets)}
+
+    def one(request: Request) -> Any:
+        table, _ = run_of(request).table()
+        row = queries.rollout(table, request.path_params["key"])
+        if row is None:
+            raise RunGone(f"no rollout {request.path_params['key']!r} in this run")
+        return row
+
+    def steps(request: Request) -> Any:
+        table = read_steps_of(run_of(request), [request.path_params["key"]], STEP_VIEW_COLUMNS)
+        return {"steps": queries._json_rows(table)}
+
+    def triage(request: Request) -> Any:
+        return viewer.cached(run_of(request), "triage", analysis.triage)
+
+    def dist(request: Request) -> Any:
+        return viewer.cached(run_of(request), "dist", queries.histograms)
+
+    def compare(request: Request) -> Any:
+        return analysis.compare(viewer.side(request, "a"), viewer.side(request, "b"))
+
+    def sql(request: Request) -> Any:
+        body = request.state.body if isinstance(request.state.body, dict) else {}
+        run = run_of(request)
+        table, _ = run.table()
+        return run_sql(str(body.get("sql", "")), table, all_steps(run),
+                       int(body.get("limit") or 1000))
+
+    def export(request: Request) -> Response:
+        from hud_ray.view.export import export_bytes
+
+        run = run_of(request)
+        table, _ = run.table()
+        return export_bytes(run, table, filters(request, run))
+
+    routes = [
+        Route("/", lambda request: FileResponse(STATIC / "index.html")),
+        Route("/api/runs", api(runs)),
+        Route("/api/runs/{run_id}/overview", api(overview)),
+        Route("/api/runs/{run_id}/facets", api(facets)),
+        Route("/api/runs/{run_id}/rollouts", api(rollouts)),
+        Route("/api/runs/{run_id}/rollout/{key:path}", api(one)),
+        Route("/api/runs/{run_id}/steps/{key:path}", api(steps)),
+        Route("/api/runs/{run_id}/triage", api(triage)),
+        Route("/api/runs/{run_id}/dist", api(dist)),
+        Route("/api/runs/{run_id}/sql", api(sql), methods=["POST"]),
+        Route("/api/runs/{run_id}/export", api(export)),
+        Route("/api/compare", api(compare)),
+        Mount("/static", StaticFiles(directory=STATIC)),
+    ]
+    middleware = [Middleware(TokenMiddleware, token=token)] if token else []
+    if loopback:
+        middleware.append(Middleware(LoopbackHostMiddleware))
+    return Starlette(routes=routes, middleware=middleware)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, or one clear error (a port in use, a host that is not ours)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == 98:
+            raise RunDirError(f"port {port} on {host} is in use; pass --port N (0 picks a "
+                              "free one)") from None
+        raise RunDirError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(paths: list[str], host: str = "127.0.0.1", port: int = 8765) -> int:
+    """Serve until interrupted; prints the URL (with the token when off loopback)."""
+    import uvicorn
+
+    from hud_ray.view.runs import check_roots
+    from hud_ray.view.security import new_token
+
+    store = RunStore(check_roots(paths))
+    if not store.scan():
+        print(f"hud-ray view: no run under {', '.join(paths)} yet (a directory with a "
+              "manifest.json); the page lists runs as they appear", file=sys.stderr)
+    loopback = is_loopback(host)
+    token = None if loopback else new_token()
+    sock = bind(host, port)
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{sock.getsockname()[1]}/"
+    print(f"hud-ray view: serving {len(store.scan())} run(s) at "
+          + (url if token is None else f"{url}?token={token}"), flush=True)
+    config = uvicorn.Config(build_app(store, token, loopback), log_level="warning",
+                            access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
