@@ -266,7 +266,8 @@ async function rollouts(runId) {
     },
     initialSort: params.sort ? [{ column: params.sort, dir: params.dir || "desc" }] : [],
     columns: facets.columns.map((c) => ({ title: c, field: c, visible: visible.includes(c),
-      headerSort: true, formatter: c === "status" ? (cell) => `<span class="state ${esc(cell.getValue())}">${esc(cell.getValue())}</span>` : "plaintext",
+      headerSort: true, formatter: c === "status" ? (cell) => `<span class="state ${esc(cell.getValue())}">${esc(cell.getValue())}</span>`
+        : (cell) => { const v = cell.getValue(); return esc(typeof v === "number" && !Number.isInteger(v) ? +v.toPrecision(5) : v); },
       maxWidth: 420 })),
   });
   grid.on("rowClick", (e, row) => { location.hash = runLink(runId, `/rollout/${encodeURIComponent(row.getData().rollout_key)}`); });
@@ -382,7 +383,7 @@ async function compare() {
   const line = (name, s) => `<tr><td>${name}</td><td>${f3(s.a)}</td><td>${f3(s.b)}</td><td data-field="diff">${f3(s.diff)}</td><td>${ci(s.ci95)}</td></tr>`;
   $("#result").innerHTML = `<div class="cards"><div class="card">tasks paired<b>${c.tasks}</b></div>
       <div class="card win">A wins<b id="wins">${c.wins}</b></div><div class="card loss">A loses<b id="losses">${c.losses}</b></div>
-      <div class="card">ties<b id="ties">${c.ties}</b></div><div class="card">McNemar p<b>${f3(c.mcnemar.p)}</b></div></div>
+      <div class="card">ties<b id="ties">${c.ties}</b></div><div class="card">McNemar p<b>${c.mcnemar.p < 0.001 ? c.mcnemar.p.toExponential(1) : f3(c.mcnemar.p)}</b></div></div>
     ${c.only_a || c.only_b ? `<p class="muted">${c.only_a} task(s) only in A, ${c.only_b} only in B (not paired)</p>` : ""}
     <h2>Difference A − B (paired bootstrap 95% CI over tasks)</h2>
     <table class="stats"><tr><th>metric</th><th>A</th><th>B</th><th>A − B</th><th>95% CI</th></tr>${line("pass@1", c["pass@1"])}${pk ? line(pk, c[pk]) : ""}</table>
