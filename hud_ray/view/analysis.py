@@ -19,6 +19,7 @@ _NORMALISERS = [
     (re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.I), "<url>"),
     (re.compile(r"(?:~|\.{1,2})?(?:/[\w.@+-]+){2,}/?"), "<path>"),
     (re.compile(r"\b0x[0-9a-f]+\b", re.I), "<hex>"),
+    (re.compile(r"\b\d+\.\d+\b"), "<n>"),
     (re.compile(r"\b(?=[0-9a-f]*\d)[0-9a-f]{8,}\b", re.I), "<id>"),
     (re.compile(r"\b[\w-]*\d[\w-]*\b"), "<n>"),
     (re.compile(r"'[^']{1,80}'|\"[^\"]{1,80}\""), "<str>"),
