@@ -11,6 +11,7 @@ import json
 import math
 import socket
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from hud_ray.results import RunDirError
+from hud_ray.runlock import LOCK_FILE
 from hud_ray.trajectory import step_schema
 from hud_ray.view import analysis, queries
 from hud_ray.view.runs import RunData, RunGone, RunStore
@@ -81,20 +83,51 @@ def all_steps(run: RunData) -> pa.Table:
 
 
 class Viewer:
-    """The app's state: the run store and the per-version caches of the heavy answers."""
+    """The app's state: the run store and the per-version caches of the heavy answers
+    (two requests for the same answer compute it once: the second waits for the first)."""
 
     def __init__(self, store: RunStore) -> None:
         self.store = store
-        self._cache: dict[tuple[str, str, str], Any] = {}
+        self._cache: dict[tuple[str, str], tuple[str, Any]] = {}
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._guard = threading.Lock()
 
-    def cached(self, run: RunData, what: str, compute: Any) -> Any:
-        table, version = run.table()
-        key = (run.run_id, what, version)
-        if key not in self._cache:
-            self._cache = {k: v for k, v in self._cache.items()
-                           if (k[0], k[1]) != (run.run_id, what)}
-            self._cache[key] = compute(table)
-        return self._cache[key]
+    def cached(self, run: RunData, what: str, compute: Any, salt: str = "") -> Any:
+        with self._guard:
+            lock = self._locks.setdefault((run.run_id, what), threading.Lock())
+        with lock:
+            table, version = run.table()
+            version += salt
+            hit = self._cache.get((run.run_id, what))
+            if hit is None or hit[0] != version:
+                hit = self._cache[(run.run_id, what)] = (version, compute(table))
+            return hit[1]
+
+    def summary(self, run: RunData) -> dict[str, Any]:
+        """A runs-list line, recomputed when the parts or the manifest change."""
+        stamp = []
+        for name in ("manifest.json", LOCK_FILE):  # the state reads both
+            try:
+                stamp.append((run.path / name).stat().st_mtime_ns)
+            except OSError:
+                stamp.append(None)
+        try:
+            line = self.cached(run, "summary", lambda _table: run_summary(run),
+                               salt=f":{stamp}")
+            # A writer can die without touching a file: its state is looked at each time.
+            return {**line, "state": run.state(run.manifest())}
+        except (RunGone, RunDirError, OSError):
+            return run_summary(run)  # says what is wrong with this run, in its line
+
+    def warm_up(self) -> None:
+        """Read every run and compute its overview before anyone asks (in a thread at
+        start): the first page a user opens is then served from the cache."""
+        for run in self.store.scan():
+            try:
+                self.summary(run)
+                self.cached(run, "overview", queries.overview)
+            except (RunGone, RunDirError, OSError):
+                continue
 
     def side(self, request: Request, prefix: str) -> list[dict[str, Any]]:
         """One side of a comparison: a run (`a`), narrowed to a variant (`a_variant`)."""
@@ -151,15 +184,15 @@ def build_app(store: RunStore, token: str | None = None, loopback: bool = True) 
 
     def runs(request: Request) -> Any:
         found = store.scan()
-        return {"roots": [str(r) for r in store.roots], "runs": [run_summary(r) for r in found]}
+        return {"roots": [str(r) for r in store.roots],
+                "runs": [viewer.summary(r) for r in found]}
 
     def run_of(request: Request) -> RunData:
         return store.get(request.path_params["run_id"])
 
     def overview(request: Request) -> Any:
         run = run_of(request)
-        summary = run_summary(run)
-        return {"run": summary, **viewer.cached(run, "overview", queries.overview)}
+        return {"run": viewer.summary(run), **viewer.cached(run, "overview", queries.overview)}
 
     def filters(request: Request, run: RunData) -> dict[str, str]:
         """The URL's filters; a triage cluster (`cluster=status|error_type|signature`)
@@ -232,7 +265,9 @@ def build_app(store: RunStore, token: str | None = None, loopback: bool = True) 
     middleware = [Middleware(TokenMiddleware, token=token)] if token else []
     if loopback:
         middleware.append(Middleware(LoopbackHostMiddleware))
-    return Starlette(routes=routes, middleware=middleware)
+    app = Starlette(routes=routes, middleware=middleware)
+    app.state.viewer = viewer
+    return app
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -271,7 +306,8 @@ def serve(paths: list[str], host: str = "127.0.0.1", port: int = 8765) -> int:
     url = f"http://{shown}:{sock.getsockname()[1]}/"
     print(f"hud-ray view: serving {len(store.scan())} run(s) at "
           + (url if token is None else f"{url}?token={token}"), flush=True)
-    config = uvicorn.Config(build_app(store, token, loopback), log_level="warning",
-                            access_log=False)
+    app = build_app(store, token, loopback)
+    threading.Thread(target=app.state.viewer.warm_up, name="view-warm-up", daemon=True).start()
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
     return 0

@@ -65,6 +65,19 @@ function matches(r, p, run) {
   return true;
 }
 
+// The grid's 450 kB load only on the pages that show one (the overview opens without it).
+let tabulatorLoaded = null;
+function needTabulator() {
+  tabulatorLoaded ??= new Promise((resolve, reject) => {
+    const script = document.createElement("script");
+    script.src = (BUNDLE ? "static/" : "/static/") + "vendor/tabulator.min.js";
+    script.onload = resolve;
+    script.onerror = () => reject(new Error("could not load the grid (tabulator.min.js)"));
+    document.head.appendChild(script);
+  });
+  return tabulatorLoaded;
+}
+
 // ---------- helpers ----------
 function esc(text) {
   return String(text ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;",
@@ -223,7 +236,7 @@ const DEFAULT_COLS = ["slug", "template_id", "variant", "status", "reward", "err
 
 async function rollouts(runId) {
   const base = `/api/runs/${encodeURIComponent(runId)}`;
-  const facets = await api(`${base}/facets`);
+  const [facets] = await Promise.all([api(`${base}/facets`), needTabulator()]);
   let params = hashParams();
   const visible = params.cols ? params.cols.split(",") : DEFAULT_COLS;
   const pick = (name) => {
@@ -291,7 +304,14 @@ async function rollouts(runId) {
     location.href = `${base}/export?${new URLSearchParams({ ...filterParams(), format: fmt, what })}`; };
   $("#exp-pq").onclick = exp("parquet", "rollouts"); $("#exp-jl").onclick = exp("jsonl", "rollouts");
   $("#exp-spq").onclick = exp("parquet", "steps"); $("#exp-sjl").onclick = exp("jsonl", "steps");
-  current.refresh = async () => { await grid.setData(); };
+  // A live run: at the top of the grid, reload it; scrolled down, keep the reader's place
+  // and only update the count (the new rows are there on the next scroll to the top).
+  current.refresh = async () => {
+    const holder = $("#grid .tabulator-tableholder");
+    if (!holder || holder.scrollTop === 0) { await grid.setData(); return; }
+    const resp = await api(base + "/rollouts", { ...filterParams(), page: 1, size: 1 });
+    $("#count").textContent = resp.last_row;
+  };
 }
 
 // ---------- one rollout ----------
@@ -447,6 +467,7 @@ async function dist(runId) {
 // ---------- SQL ----------
 async function sql(runId) {
   if (BUNDLE) throw new Error("the SQL box needs the server (static export)");
+  await needTabulator();
   main.innerHTML = `<h1>SQL over ${esc(runId)}</h1><p class="muted">One read-only SELECT over <code>rollouts</code> and
     <code>steps</code> (duckdb). No writes, ATTACH, COPY, extensions, or files outside the run.</p>
     <form id="sqlform"><textarea name="sql" rows="6">${esc(hashParams().sql || "SELECT template_id, status, count(*) AS n, avg(reward) AS mean_reward\nFROM rollouts GROUP BY ALL ORDER BY n DESC")}</textarea>
