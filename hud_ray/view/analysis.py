@@ -59,7 +59,10 @@ def triage(table: pa.Table) -> dict[str, Any]:
     for c in out:
         for name in ("by_template", "by_provider", "by_node"):
             c[name] = c[name].most_common()
-    return {"failed": len(rows), "classes": classes.most_common(), "clusters": out}
+    from hud_ray.view.queries import fleet
+
+    return {"failed": len(rows), "classes": classes.most_common(), "clusters": out,
+            "fleet": fleet(table)}
 
 
 def _per_task(rows: list[dict[str, Any]], threshold: float) -> dict[str, list[float]]:

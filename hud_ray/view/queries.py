@@ -52,9 +52,19 @@ def overview(table: pa.Table) -> dict[str, Any]:
     span = (last - first).total_seconds() if first and last else 0.0
     bucket = max(1, math.ceil(span / 60)) if span else 1  # at most ~60 points
     points = con.sql(f"""
-        SELECT epoch(finished_at) // {bucket} * {bucket} AS t, count(*), count_if(status = 'ok')
+        SELECT floor(epoch(finished_at) / {bucket}) * {bucket} AS t, count(*), count_if(status = 'ok')
         FROM rollouts WHERE finished_at IS NOT NULL GROUP BY t ORDER BY t""").fetchall()
+    per_variant = con.sql("""
+        SELECT coalesce(variant, ''), count_if(status = 'ok' AND reward >= 1),
+               sum(cost_usd), count(cost_usd), count(*), sum(sandbox_seconds)
+        FROM rollouts GROUP BY 1 ORDER BY 1""").fetchall()
     report["extra"] = {
+        # Dollars per solved task: what a variant's gain costs (NULL when any row is unpriced).
+        "cost_per_solved": [
+            {"variant": v, "solved": solved, "cost_usd": c if priced == n else None,
+             "usd_per_solved": c / solved if solved and c is not None and priced == n else None,
+             "sandbox_seconds": sbx}
+            for v, solved, c, priced, n, sbx in per_variant],
         "retries": int(retries), "retried_rollouts": int(retried),
         "sandbox_seconds": sandbox_s, "cost_usd": cost, "priced_rollouts": int(priced),
         "started": first.isoformat() if first else None,
@@ -187,3 +197,18 @@ def histograms(table: pa.Table, bins: int = 30) -> dict[str, Any]:
             series.setdefault(variant, [0] * bins)[b] += n
         out[name] = {"edges": [lo + i * width for i in range(bins + 1)], "series": series}
     return out
+
+
+def fleet(table: pa.Table) -> list[dict[str, Any]]:
+    """Outcomes by provider and node: failures, retries, sandbox start (provision + ready)
+    and total p50/p95 — a bad node shows up here before it shows up in the rewards."""
+    rows = connect(table).sql("""
+        SELECT provider, coalesce(node_id, '-') AS node, count(*) AS rollouts,
+               count_if(status != 'ok') AS failed, count_if(status = 'infra_error') AS infra,
+               coalesce(sum(attempts - 1), 0) AS retries,
+               quantile_cont(provision_s + ready_s, 0.5) AS start_p50,
+               quantile_cont(provision_s + ready_s, 0.95) AS start_p95,
+               quantile_cont(total_s, 0.95) AS total_p95
+        FROM rollouts GROUP BY 1, 2 ORDER BY failed DESC, rollouts DESC LIMIT 500""")
+    names = rows.columns
+    return [dict(zip(names, r, strict=True)) for r in rows.fetchall()]

@@ -87,3 +87,14 @@ def test_export_equals_the_filter(tmp_path: Path) -> None:
 
 def test_vendored_js_matches_its_pins() -> None:
     assert vendor.check() == []
+
+
+def test_overview_throughput_is_binned(tmp_path: Path) -> None:
+    from hud_ray.view.queries import overview
+    from hud_ray.view.runs import RunData
+
+    write_run(tmp_path / "r", 3000)
+    table, _ = RunData("r", tmp_path / "r").table()
+    tp = overview(table)["extra"]["throughput"]
+    assert 1 < len(tp["t"]) <= 61  # about 60 buckets, whatever the run's length
+    assert round(sum(tp["rows_per_s"]) * tp["bucket_s"]) == 3000

@@ -162,6 +162,9 @@ def test_triage_and_distributions_pages(viewer: Viewer, page) -> None:
     first.click()
     page.wait_for_function("location.hash.includes('cluster=')")
     assert _count(page) == count
+    open_page(page, f"{viewer.base}/#/run/syn/triage")
+    nodes = page.locator("#fleet tr[data-node]").evaluate_all("rows => rows.map(r => r.dataset.node)")
+    assert sorted(nodes) == ["node00", "node01", "node02"]
     open_page(page, f"{viewer.base}/#/run/syn/dist", "distributions")
     assert page.locator("canvas").count() == 4
 
@@ -200,3 +203,17 @@ def test_token_required_off_loopback(runs_dir: Path, page) -> None:
         page.wait_for_selector("#runs-table")
     finally:
         server.stop()
+
+
+def test_sql_box_page(viewer: Viewer, runs_dir: Path, page) -> None:
+    open_page(page, f"{viewer.base}/#/run/syn/sql")
+    page.locator("textarea[name=sql]").fill(
+        "SELECT variant, count(*) AS n FROM rollouts GROUP BY 1 ORDER BY 1")
+    page.locator("#sqlform button").click()
+    page.wait_for_function("document.querySelector('#sqlinfo').textContent.startsWith('2 row')")
+    assert page.locator("#sqlgrid .tabulator-row").count() == 2
+    screenshot(page, "sql")
+    page.locator("textarea[name=sql]").fill("COPY rollouts TO 'x.csv'")
+    page.locator("#sqlform button").click()
+    page.wait_for_function("document.querySelector('#banner').textContent.includes('only SELECT')")
+    assert not (Path.cwd() / "x.csv").exists()

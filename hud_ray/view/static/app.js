@@ -203,6 +203,7 @@ async function overview(runId) {
         <div class="card">retries<b>${x.retries}</b></div>
         <div class="card">sandbox-seconds<b>${x.sandbox_seconds === null ? "-" : Math.round(x.sandbox_seconds)}</b></div>
         <div class="card">cost $<b>${x.cost_usd === null ? "-" : x.cost_usd.toFixed(4)}</b></div>
+        ${x.cost_per_solved.map((c) => `<div class="card">$ per solved${c.variant ? " · " + esc(c.variant) : ""}<b>${c.usd_per_solved === null ? "-" : c.usd_per_solved.toFixed(4)}</b></div>`).join("")}
       </div>
       ${r.unreadable_parts?.length ? `<p class="loss">unreadable part(s), skipped: ${esc(r.unreadable_parts.join(", "))}</p>` : ""}
       ${o.variants.length ? `<h2>Variants</h2><table class="stats" id="variants">${head.replace("<th>template</th>", "")}
@@ -442,7 +443,15 @@ async function triage(runId) {
     <table class="stats" id="clusters"><tr><th>count</th><th>class</th><th>signature</th><th>by template</th><th>by provider</th><th>by node</th></tr>
     ${t.clusters.map((c, i) => `<tr class="click" data-i="${i}"><td>${c.count}</td><td class="l">${esc(c.status)}:${esc(c.error_type)}</td>
       <td class="l" title="${esc(c.example || "")}"><code>${esc(c.signature)}</code></td><td class="l">${counts(c.by_template)}</td>
-      <td class="l">${counts(c.by_provider)}</td><td class="l">${counts(c.by_node)}</td></tr>`).join("")}</table>`;
+      <td class="l">${counts(c.by_provider)}</td><td class="l">${counts(c.by_node)}</td></tr>`).join("")}</table>
+    <h2>By provider and node</h2>
+    <table class="stats" id="fleet"><tr><th>provider</th><th>node</th><th>rollouts</th><th>failed</th><th>infra_error</th>
+      <th>retries</th><th>sandbox start p50 s</th><th>p95 s</th><th>total p95 s</th></tr>
+    ${t.fleet.map((f) => `<tr class="click" data-node="${esc(f.node)}"><td class="l">${esc(f.provider)}</td><td class="l">${esc(f.node.slice(0, 16))}</td>
+      <td>${f.rollouts}</td><td>${f.failed}</td><td>${f.infra}</td><td>${f.retries}</td><td>${f3(f.start_p50)}</td>
+      <td>${f3(f.start_p95)}</td><td>${f3(f.total_p95)}</td></tr>`).join("")}</table>`;
+  main.querySelectorAll("#fleet tr.click").forEach((tr) => tr.onclick = () => {
+    location.hash = runLink(runId, `/rollouts?node=${encodeURIComponent(tr.dataset.node === "-" ? "(none)" : tr.dataset.node)}`); });
   chart($("#classes"), { type: "bar", data: { labels: t.classes.map(([k]) => k),
     datasets: [{ label: "rollouts", data: t.classes.map(([, n]) => n) }] }, options: { indexAxis: "y" } });
   main.querySelectorAll("#clusters tr.click").forEach((tr) => tr.onclick = () => {
