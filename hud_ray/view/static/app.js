@@ -490,7 +490,7 @@ async function sql(runId) {
       const res = await api(`/api/runs/${encodeURIComponent(runId)}/sql`, {}, { sql: f.get("sql"), limit: f.get("limit") });
       banner("");
       $("#sqlinfo").textContent = `${res.rows.length} row(s)${res.truncated ? ` (limit ${res.limit} reached)` : ""}`;
-      new Tabulator("#sqlgrid", { height: "60vh", layout: "fitData",
+      new Tabulator("#sqlgrid", { maxHeight: "60vh", layout: "fitData",
         columns: res.columns.map((c, i) => ({ title: c, field: "c" + i })),
         data: res.rows.map((row) => Object.fromEntries(row.map((v, i) => ["c" + i, v]))) });
     } catch (err) { banner(err.message); $("#sqlinfo").textContent = "error"; }
