@@ -131,6 +131,21 @@ def test_compare_flip_list_equals_the_tests(viewer: Viewer, runs_dir: Path, page
     screenshot(page, "compare-pair")
 
 
+def test_compare_two_variants_of_a_sweep(viewer: Viewer, runs_dir: Path, page) -> None:
+    from hud_ray.view.analysis import compare
+
+    rows = read_results(runs_dir / "syn").to_pylist()
+    expected = compare([r for r in rows if r["variant"] == "B"],
+                       [r for r in rows if r["variant"] == "A"])
+    open_page(page, f"{viewer.base}/#/compare?a=syn&a_variant=B&b=syn&b_variant=A")
+    page.wait_for_selector("#flips")
+    shown = page.locator("#flips tr[data-slug]").evaluate_all(
+        "rows => rows.map(r => r.dataset.slug)")
+    assert shown == [f["slug"] for f in expected["flips"]]
+    assert int(page.locator("#wins").inner_text()) == expected["wins"]
+    assert int(page.locator("#losses").inner_text()) == expected["losses"]
+
+
 def test_live_row_appears_without_reload(viewer: Viewer, runs_dir: Path, page) -> None:
     from hud_ray.view.synthetic import rollout_row, write_run
 
@@ -145,6 +160,13 @@ def test_live_row_appears_without_reload(viewer: Viewer, runs_dir: Path, page) -
         page.wait_for_function("document.querySelector('#count').textContent === '13'",
                                timeout=15_000)
         assert page.evaluate("window.__sameDocument") is True  # no reload happened
+        # The runs list too: its line for the live run moves as rows land.
+        open_page(page, f"{viewer.base}/#/")
+        cell = "document.querySelector('tr[data-run=live] td[data-field=rows]').textContent"
+        assert page.evaluate(cell) == "13"
+        writer.add(rollout_row(13, variant=None, tasks=100, skill=1, seed=0, t0=_now()))
+        writer.flush()
+        page.wait_for_function(f"{cell} === '14'", timeout=15_000)
     finally:
         writer.close()
 
