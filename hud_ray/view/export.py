@@ -15,7 +15,9 @@ import pyarrow.parquet as pq
 from starlette.responses import Response
 
 from hud_ray.view import analysis, queries
-from hud_ray.view.runs import RunData
+from hud_ray.view.runs import STEP_VIEW_COLUMNS, RunData, read_steps_of, run_summary
+
+STATIC = Path(__file__).parent / "static"
 
 
 def encode(table: pa.Table, fmt: str) -> bytes:
@@ -31,8 +33,6 @@ def encode(table: pa.Table, fmt: str) -> bytes:
 
 def export_bytes(run: RunData, table: pa.Table, params: Mapping[str, str]) -> Response:
     """The rows the filters select (`what=rollouts`) or their steps (`what=steps`)."""
-    from hud_ray.view.server import read_steps_of
-
     fmt, what = params.get("format", "parquet"), params.get("what", "rollouts")
     rows = queries.filtered(table, params)
     if what == "steps":
@@ -47,8 +47,6 @@ def export_bytes(run: RunData, table: pa.Table, params: Mapping[str, str]) -> Re
 def static_bundle(runs: list[RunData], out: Path) -> Path:
     """index.html + the vendored assets + data.js (every answer the pages ask for, as one
     script: a page opened from file:// may load scripts but not fetch JSON)."""
-    from hud_ray.view.server import STATIC, STEP_VIEW_COLUMNS, _clean, read_steps_of, run_summary
-
     out.mkdir(parents=True, exist_ok=True)
     shutil.copytree(STATIC, out / "static", dirs_exist_ok=True)
     bundle: dict[str, Any] = {"runs": [], "run": {}}
@@ -67,7 +65,7 @@ def static_bundle(runs: list[RunData], out: Path) -> Path:
             "facets": {"columns": queries.columns(), **queries.facets(table)},
             "rows": queries._json_rows(table), "steps": by_key,
             "triage": analysis.triage(table), "dist": queries.histograms(table)}
-    text = json.dumps(_clean(bundle), default=str).replace("</", "<\\/")
+    text = json.dumps(queries.json_safe(bundle), default=str).replace("</", "<\\/")
     (out / "data.js").write_text(f"window.HUDRAY_BUNDLE = {text};\n")
     html = (STATIC / "index.html").read_text().replace(
         "<!--bundle-->", '<script src="data.js"></script>').replace('"/static/', '"static/')

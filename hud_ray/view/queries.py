@@ -212,3 +212,16 @@ def fleet(table: pa.Table) -> list[dict[str, Any]]:
         FROM rollouts GROUP BY 1, 2 ORDER BY failed DESC, rollouts DESC LIMIT 500""")
     names = rows.columns
     return [dict(zip(names, r, strict=True)) for r in rows.fetchall()]
+
+
+def json_safe(value: Any) -> Any:
+    """JSON-safe: NaN and infinities as null (JSON has neither), dates as ISO text."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value

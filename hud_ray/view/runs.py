@@ -3,7 +3,9 @@
 A run is a directory with a `manifest.json`; its rows are the `rollouts/part-*.parquet`
 files the writer renamed into place (temp files are dot-named, so the glob never sees a
 half-written part). Each part is read once and cached by (name, size, mtime); a run still
-being written costs only its new parts on the next look. Nothing is ever written here.
+being written costs only its new parts on the next look. Also here: a run's line in the
+runs list, and its steps (only those whose rollouts part exists, as `read_steps`).
+Nothing is ever written here.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 
 from hud_ray.results import (
     MANIFEST,
@@ -30,6 +33,7 @@ from hud_ray.results import (
 )
 from hud_ray.runlock import LOCK_FILE
 from hud_ray.schema import arrow_schema
+from hud_ray.trajectory import step_schema
 
 
 class RunGone(LookupError):
@@ -175,3 +179,52 @@ def check_roots(paths: list[str]) -> list[Path]:
                               "holding runs)")
         roots.append(path)
     return roots
+
+
+# Token ids and logprobs are for training, not reading: the transcript leaves them out.
+STEP_VIEW_COLUMNS = [c for c in step_schema().names
+                     if c not in ("prompt_token_ids", "completion_token_ids", "logprobs")]
+
+
+def run_summary(run: RunData) -> dict[str, Any]:
+    """One line of the runs list: state, counts, reward, when, what."""
+    try:
+        manifest = run.manifest()
+        table, version = run.table()
+    except (RunDirError, RunGone) as exc:
+        return {"run_id": run.run_id, "path": str(run.path), "state": "unreadable",
+                "error": str(exc)}
+    config = manifest.get("config") or {}
+    rewards = table.column("reward").to_pylist()
+    statuses = table.column("status").to_pylist()
+    scored = [r if s == "ok" and r is not None else 0.0 for r, s in zip(
+        rewards, statuses, strict=True)]
+    counts: dict[str, int] = {}
+    for s in statuses:
+        counts[s] = counts.get(s, 0) + 1
+    return {"run_id": run.run_id, "path": str(run.path), "state": run.state(manifest),
+            "rows": table.num_rows, "counts": counts, "version": version,
+            "mean_reward": sum(scored) / len(scored) if scored else None,
+            "started_at": manifest.get("started_at"), "finished_at": manifest.get("finished_at"),
+            "updated_at": manifest.get("updated_at"),
+            "expected": manifest.get("total") or config.get("total"),
+            "config": {k: config.get(k) for k in ("tasks", "agent", "provider", "repeats",
+                                                  "variant", "sweep") if config.get(k)},
+            "variants": sorted({v for v in table.column("variant").to_pylist() if v}),
+            "unreadable_parts": run.unreadable_parts()}
+
+
+def read_steps_of(run: RunData, keys: list[str], columns: list[str] | None = None) -> pa.Table:
+    files = run.step_files()
+    if not files or not keys:
+        return step_schema().empty_table().select(columns or step_schema().names)
+    dataset = ds.dataset([str(f) for f in files], format="parquet", schema=step_schema())
+    table = dataset.to_table(columns=columns, filter=ds.field("rollout_key").isin(keys))
+    return table.sort_by([("rollout_key", "ascending"), ("index", "ascending")])
+
+
+def all_steps(run: RunData) -> pa.Table:
+    files = run.step_files()
+    if not files:
+        return step_schema().empty_table()
+    return ds.dataset([str(f) for f in files], format="parquet", schema=step_schema()).to_table()

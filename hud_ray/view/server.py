@@ -8,15 +8,12 @@ polls `/api/runs` and refreshes what changed. Nothing is written into a run.
 from __future__ import annotations
 
 import json
-import math
 import socket
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.dataset as ds
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -26,62 +23,21 @@ from starlette.staticfiles import StaticFiles
 
 from hud_ray.results import RunDirError
 from hud_ray.runlock import LOCK_FILE
-from hud_ray.trajectory import step_schema
 from hud_ray.view import analysis, queries
-from hud_ray.view.runs import RunData, RunGone, RunStore
+from hud_ray.view.queries import json_safe
+from hud_ray.view.runs import (
+    STEP_VIEW_COLUMNS,
+    RunData,
+    RunGone,
+    RunStore,
+    all_steps,
+    read_steps_of,
+    run_summary,
+)
 from hud_ray.view.security import LoopbackHostMiddleware, TokenMiddleware, is_loopback
 from hud_ray.view.sqlbox import SqlRejected, run_sql
 
 STATIC = Path(__file__).parent / "static"
-# Token ids and logprobs are for training, not reading: the transcript leaves them out.
-STEP_VIEW_COLUMNS = [c for c in step_schema().names
-                     if c not in ("prompt_token_ids", "completion_token_ids", "logprobs")]
-
-
-def run_summary(run: RunData) -> dict[str, Any]:
-    """One line of the runs list: state, counts, reward, when, what."""
-    try:
-        manifest = run.manifest()
-        table, version = run.table()
-    except (RunDirError, RunGone) as exc:
-        return {"run_id": run.run_id, "path": str(run.path), "state": "unreadable",
-                "error": str(exc)}
-    config = manifest.get("config") or {}
-    rewards = table.column("reward").to_pylist()
-    statuses = table.column("status").to_pylist()
-    scored = [r if s == "ok" and r is not None else 0.0 for r, s in zip(
-        rewards, statuses, strict=True)]
-    counts: dict[str, int] = {}
-    for s in statuses:
-        counts[s] = counts.get(s, 0) + 1
-    return {"run_id": run.run_id, "path": str(run.path), "state": run.state(manifest),
-            "rows": table.num_rows, "counts": counts, "version": version,
-            "mean_reward": sum(scored) / len(scored) if scored else None,
-            "started_at": manifest.get("started_at"), "finished_at": manifest.get("finished_at"),
-            "updated_at": manifest.get("updated_at"),
-            "expected": manifest.get("total") or config.get("total"),
-            "config": {k: config.get(k) for k in ("tasks", "agent", "provider", "repeats",
-                                                  "variant", "sweep") if config.get(k)},
-            "variants": sorted({v for v in table.column("variant").to_pylist() if v}),
-            "unreadable_parts": run.unreadable_parts()}
-
-
-def read_steps_of(run: RunData, keys: list[str], columns: list[str] | None = None) -> pa.Table:
-    files = run.step_files()
-    if not files or not keys:
-        return step_schema().empty_table().select(columns or step_schema().names)
-    dataset = ds.dataset([str(f) for f in files], format="parquet", schema=step_schema())
-    table = dataset.to_table(columns=columns, filter=ds.field("rollout_key").isin(keys))
-    return table.sort_by([("rollout_key", "ascending"), ("index", "ascending")])
-
-
-def all_steps(run: RunData) -> pa.Table:
-    files = run.step_files()
-    if not files:
-        return step_schema().empty_table()
-    return ds.dataset([str(f) for f in files], format="parquet", schema=step_schema()).to_table()
-
-
 class Viewer:
     """The app's state: the run store and the per-version caches of the heavy answers
     (two requests for the same answer compute it once: the second waits for the first)."""
@@ -144,21 +100,8 @@ class Viewer:
         return rows
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN and infinities as null (JSON has neither), dates as ISO text."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return value
-
-
 def _json(data: Any, status: int = 200) -> Response:
-    return Response(json.dumps(_clean(data), default=str), status_code=status,
+    return Response(json.dumps(json_safe(data), default=str), status_code=status,
                     media_type="application/json")
 
 
@@ -237,8 +180,8 @@ def build_app(store: RunStore, token: str | None = None, loopback: bool = True) 
         body = request.state.body if isinstance(request.state.body, dict) else {}
         run = run_of(request)
         table, _ = run.table()
-        return run_sql(str(body.get("sql", "")), table, all_steps(run),
-                       int(body.get("limit") or 1000))
+        steps = viewer.cached(run, "steps", lambda _table: all_steps(run))  # read once
+        return run_sql(str(body.get("sql", "")), table, steps, body.get("limit") or 1000)
 
     def export(request: Request) -> Response:
         from hud_ray.view.export import export_bytes

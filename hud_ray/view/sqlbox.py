@@ -35,11 +35,15 @@ def check_select(sql: str) -> None:
         raise SqlRejected(f"only SELECT queries are allowed here, not {kind.name}")
 
 
-def run_sql(sql: str, rollouts: pa.Table, steps: pa.Table, limit: int = 1000) -> dict[str, Any]:
+def run_sql(sql: str, rollouts: pa.Table, steps: pa.Table, limit: Any = 1000) -> dict[str, Any]:
     """Columns and at most `limit` rows (≤ MAX_ROWS) of one SELECT; `truncated` says if
     more rows matched."""
+    try:
+        limit = max(1, min(int(limit), MAX_ROWS))
+    except (TypeError, ValueError):
+        raise SqlRejected(f"limit {limit!r}: expected a whole number of rows "
+                          f"(1..{MAX_ROWS})") from None
     check_select(sql)
-    limit = max(1, min(int(limit), MAX_ROWS))
     con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
                                                "autoload_known_extensions": False})
     con.register("rollouts", rollouts)

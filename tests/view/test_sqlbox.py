@@ -73,6 +73,12 @@ def test_refused(client: TestClient, run_dir: Path, tmp_path: Path, query: str,
     assert not any(tmp_path.iterdir())  # nothing was written anywhere
 
 
+def test_bad_limit_is_named(client: TestClient) -> None:
+    code, body = sql(client, "SELECT 1", limit="lots")
+    assert code == 400 and body["error"] == ("limit 'lots': expected a whole number of rows "
+                                             "(1..10000)")
+
+
 def test_refused_in_process_too(run_dir: Path) -> None:
     import pyarrow as pa
 
