@@ -491,7 +491,7 @@ async function sql(runId) {
       banner("");
       $("#sqlinfo").textContent = `${res.rows.length} row(s)${res.truncated ? ` (limit ${res.limit} reached)` : ""}`;
       new Tabulator("#sqlgrid", { maxHeight: "60vh", layout: "fitData",
-        columns: res.columns.map((c, i) => ({ title: c, field: "c" + i })),
+        columns: res.columns.map((c, i) => ({ title: esc(c), field: "c" + i })),  // a title is HTML to the grid
         data: res.rows.map((row) => Object.fromEntries(row.map((v, i) => ["c" + i, v]))) });
     } catch (err) { banner(err.message); $("#sqlinfo").textContent = "error"; }
   };
