@@ -162,6 +162,7 @@ async function runs() {
         (a run is a directory with a manifest.json). This list updates as runs appear.</p>`;
       return;
     }
+    data.runs.sort((a, b) => (b.started_at || "").localeCompare(a.started_at || ""));  // newest first
     $("#runs").innerHTML = `<table class="stats" id="runs-table"><tr><th>run</th><th>state</th><th>rows</th>
       <th>status</th><th>mean reward</th><th>started</th><th>config</th></tr>${data.runs.map((r) => `
       <tr class="click" data-run="${esc(r.run_id)}"><td><a href="${runLink(r.run_id)}">${esc(r.run_id)}</a></td>
@@ -198,7 +199,7 @@ async function overview(runId) {
     main.innerHTML = `<h1>${esc(runId)} <span class="state ${esc(r.state)}">${esc(r.state)}</span></h1>
       <div class="cards" id="cards">
         <div class="card">rollouts<b data-field="rows">${o.rows}</b></div>
-        ${Object.entries(o.status).sort().map(([k, v]) => `<div class="card">${esc(k)}<b data-status="${esc(k)}">${v}</b></div>`).join("")}
+        ${Object.entries(o.status).sort().map(([k, v]) => `<a class="card" href="${runLink(runId, `/rollouts?status=${encodeURIComponent(k)}`)}">${esc(k)}<b data-status="${esc(k)}">${v}</b></a>`).join("")}
         <div class="card">mean reward<b data-field="overall_mean">${f3(o.overall?.mean_reward)}</b></div>
         <div class="card">retries<b>${x.retries}</b></div>
         <div class="card">sandbox-seconds<b>${x.sandbox_seconds === null ? "-" : Math.round(x.sandbox_seconds)}</b></div>
