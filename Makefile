@@ -4,12 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean hud-venv art-venv vf-venv
+.PHONY: setup demo test lint bench clean hud-venv vendor-js art-venv vf-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev,notebook,modal,daytona,docker,hud,openai]"
+	$(BIN)/pip install --quiet -e ".[dev,view,notebook,modal,daytona,docker,hud,openai]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -61,3 +61,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(ART_VENV) $(VF_VENV) runs .pytest_cache
+
+# Re-fetch the viewer's pinned JS (npm pack NAME@VERSION) and check each file's sha256.
+vendor-js: $(STAMP)
+	$(BIN)/python -m hud_ray.view.vendor
