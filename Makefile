@@ -23,7 +23,8 @@ hud-venv: setup
 # classes, which need Python >= 3.12: a venv of their own (no torch, no weights; ~2 min).
 ART_VENV  := .venv-art
 ART_STAMP := $(ART_VENV)/.installed
-PYTHON312 ?= $(firstword $(foreach p,python3.12 python3.13,$(shell $(p) -c 'print(1)' >/dev/null 2>&1 && echo $(p))) $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.1[23]*/bin/python))
+# python3.12/3.13 on PATH, else a pyenv-installed one (pyenv's root, or ~/.pyenv).
+PYTHON312 ?= $(firstword $(foreach p,python3.12 python3.13,$(shell $(p) -c 'print(1)' >/dev/null 2>&1 && echo $(p))) $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.1[23]*/bin/python) $(wildcard $(HOME)/.pyenv/versions/3.1[23]*/bin/python))
 
 $(ART_STAMP):
 	@test -n "$(PYTHON312)" || { echo "art-venv: no python >= 3.12 found; set PYTHON312=/path/to/python3.12" >&2; exit 1; }
