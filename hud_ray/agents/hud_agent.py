@@ -98,13 +98,43 @@ class HudAgentAdapter:
         return f"HudAgentAdapter({self.target or _type_path(self._agent)!r})"
 
     async def __call__(self, session: Session) -> Any:
+        if session.client is None:
+            raise RuntimeError("HudAgentAdapter: this session has no env connection")
+        async with self._rollout_agent(session) as agent:
+            return await self._run(agent, session)
+
+    @contextlib.asynccontextmanager
+    async def _rollout_agent(self, session: Session) -> Any:
+        """The agent for this rollout: under an RL rollout source, one built for it whose
+        model calls go through the rollout's capture proxy (hud_ray.rl.capture)."""
+        from hud_ray.rl.capture import capture_proxy, policy_of
+
+        if policy_of(session) is None:
+            yield self.agent
+            return
+        if self.target is None:
+            raise AgentSpecError(
+                "HudAgentAdapter under a rollout source needs the agent as a target string "
+                "with config (not an instance): each rollout's agent is built pointing at "
+                "its capture proxy")
+        inner = None
+        if self.llm_limits:  # the endpoint governor sits under the policy's transport
+            from hud_ray.agents.openai_agent import governed_http_client
+
+            inner = governed_http_client(self.config.get("base_url"), self.config.get("model")
+                                         or "policy", self.llm_limits)._transport
+        async with capture_proxy(session, self.config.get("base_url"), inner) as base_url:
+            config = {**self.config, "base_url": base_url}
+            if "api_key" not in config and "api_key_env" not in config:
+                config["api_key"] = "EMPTY"  # else hud reaches for its gateway's key
+            yield _build_agent(self._spec or self.target, self.target, config)
+
+    async def _run(self, agent: Any, session: Session) -> Any:
         from hud.clients import connect
         from hud.eval import Runtime
         from hud.eval.run import Run
 
-        agent = self.agent
-        if session.client is None:
-            raise RuntimeError("HudAgentAdapter: this session has no env connection")
+        assert session.client is not None
         # EnvClient keeps the endpoint's preamble privately; the gateway must send it too.
         gateway = _Gateway(session.client.url, session.client.preamble)
         await gateway.start()
