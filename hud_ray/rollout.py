@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from hud_ray.agents import Agent, Session, agent_name
+from hud_ray.deadline_hold import DEADLINE_HOLD, DeadlineHold
 from hud_ray.llm_governor import LLM_WAIT
 from hud_ray.schema import RolloutResult, Status, utcnow
 from hud_ray.tasks import Rollout, task_fingerprint
@@ -149,7 +150,8 @@ class RolloutRunner:
                            else config.deadline_s)
         self.phase = "provision"
         self._phase_at_end: str | None = None  # the phase a failure happened in
-        self.clock_started: float | None = None  # wall time the deadline clock started
+        self._clock_wall: float | None = None  # wall time the deadline clock started
+        self._hold = DeadlineHold()  # model calls held by an RL pause stop the clock
         self.timings: dict[str, float] = {}
         self.handle: SandboxHandle | None = None
         self.client: EnvClient | None = None
@@ -176,8 +178,9 @@ class RolloutRunner:
         except RolloutFailure as exc:
             return self._result(exc.status, exc)
         self._t0 = time.monotonic()
-        self.clock_started = time.time()
+        self._clock_wall = time.time()
         deadline = asyncio.timeout(self.deadline_s)
+        self._hold.arm(deadline, self._remaining)
         try:
             async with deadline:
                 await self._phases()
@@ -330,9 +333,11 @@ class RolloutRunner:
     async def _run_agent(self) -> None:
         assert self.session is not None
         waits = LLM_WAIT.set(self._llm_wait)  # the endpoint governor adds admission waits
+        hold = DEADLINE_HOLD.set(self._hold)
         try:
             await self._agent_call()
         finally:
+            DEADLINE_HOLD.reset(hold)
             LLM_WAIT.reset(waits)
             await self.session.aclose()  # MCP sessions the agent opened: in its own task
 
@@ -438,8 +443,14 @@ class RolloutRunner:
                 tail = await asyncio.wait_for(self.provider.diagnostics(self.handle), 2.0)
         return f"{exc}" + (f"\nenv output:\n{tail}" if tail else "")
 
+    @property
+    def clock_started(self) -> float | None:
+        """Wall time the deadline clock started, moved on by the time it was held."""
+        return None if self._clock_wall is None else self._clock_wall + self._hold.held_s()
+
     def _remaining(self) -> float:
-        return max(0.001, self.deadline_s - (time.monotonic() - self._t0))
+        used = time.monotonic() - self._t0 - self._hold.held_s()
+        return max(0.001, self.deadline_s - used)
 
     def _startup_remaining(self) -> float:
         if self._startup_deadline is None:

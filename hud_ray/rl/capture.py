@@ -33,6 +33,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from hud_ray.deadline_hold import DEADLINE_HOLD
 from hud_ray.rl.policy import VERSION_FIELD, policy_transport
 
 SAMPLING_KWARGS = ("temperature", "top_p", "max_tokens", "seed", "stop", "presence_penalty",
@@ -76,6 +77,8 @@ class CaptureProxy:
         self._client = httpx.AsyncClient(transport=policy_transport(policy_name, inner),
                                          timeout=None)
         self._server: asyncio.Server | None = None
+        # The rollout's deadline hold: connection tasks do not run in the agent's context.
+        self._hold = DEADLINE_HOLD.get()
         self._conns: set[asyncio.Task[Any]] = set()
         self.base_url = ""
 
@@ -96,6 +99,7 @@ class CaptureProxy:
         if task is not None:
             self._conns.add(task)
             task.add_done_callback(self._conns.discard)
+        DEADLINE_HOLD.set(self._hold)  # this connection task's own context
         try:
             request = await _read_request(reader)
             if request is None:

@@ -17,15 +17,18 @@ Pause modes: `hold` blocks new model calls and returns at once; `drain` blocks n
 and returns when the in-flight ones have finished; `abort` blocks new calls, cancels the
 in-flight ones (each is sent again after resume, to the new weights) and returns when
 none is in flight. Sandboxes are untouched by a pause: a rollout waiting on its model
-call keeps its sandbox, and its deadline clock keeps running (set `timeout_s` to cover
-the longest weight update).
+call keeps its sandbox, and its deadline clock stops while the call is held
+(hud_ray.deadline_hold); the task's own agent timeout does not stop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any, Literal
+
+from hud_ray.deadline_hold import DEADLINE_HOLD
 
 NAMESPACE = "hud_ray"
 VERSION_FIELD = "hud_ray_policy_version"
@@ -43,6 +46,7 @@ class PolicyStateImpl:
         self.version, self.base_url, self.model = version, base_url, model
         self.paused: str | None = None
         self.in_flight = 0
+        self.waiting = 0  # model calls blocked by the pause right now
         self.aborts = 0  # bumped by each pause("abort"): in-flight calls of older epochs end
         self.calls = 0
         self.aborted_calls = 0
@@ -52,9 +56,16 @@ class PolicyStateImpl:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def admit(self) -> dict[str, Any]:
-        while self.paused is not None:
-            await self._changed.wait()
+    async def admit(self, wait: bool = True) -> dict[str, Any] | None:
+        """Let a model call go (None, without `wait`, while paused)."""
+        if self.paused is not None and not wait:
+            return None
+        self.waiting += 1
+        try:
+            while self.paused is not None:
+                await self._changed.wait()
+        finally:
+            self.waiting -= 1
         self.in_flight += 1
         self.calls += 1
         return {"version": self.version, "base_url": self.base_url, "model": self.model,
@@ -91,6 +102,7 @@ class PolicyStateImpl:
     def snapshot(self) -> dict[str, Any]:
         return {"version": self.version, "base_url": self.base_url, "model": self.model,
                 "paused": self.paused, "in_flight": self.in_flight, "calls": self.calls,
+                "waiting": self.waiting,
                 "aborted_calls": self.aborted_calls}
 
 
@@ -140,7 +152,11 @@ def policy_transport(name: str, inner: Any = None) -> Any:
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
             actor = self.actor()
             while True:
-                state = await actor.admit.remote()
+                state = await actor.admit.remote(False)
+                if state is None:  # paused: the rollout's deadline stops while it waits
+                    hold = DEADLINE_HOLD.get()
+                    with hold.holding() if hold is not None else contextlib.nullcontext():
+                        state = await actor.admit.remote(True)
                 sent = _routed(request, state)
                 call = asyncio.ensure_future(self._send(sent))
                 abort = asyncio.ensure_future(actor.wait_abort.remote(state["epoch"]))

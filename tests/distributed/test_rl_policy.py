@@ -116,3 +116,27 @@ def test_an_unknown_policy_endpoint_is_one_clear_error(ray_local, tmp_path):
             source.pause("sleep")
         assert source.version == 0  # nothing changed
         source.close()
+
+
+@pytest.mark.slow
+def test_a_hold_longer_than_the_deadline_stops_the_clock_and_the_group_finishes(ray_local,
+                                                                               tmp_path):
+    import time
+
+    account = f"rl-{uuid.uuid4().hex[:6]}"
+    with ScriptedModel(lambda m, t: answer("a")) as model:
+        source = _source(tmp_path, model, account, timeout_s=4.0)
+        source.pause("hold")
+        source.submit(_task(0), n=2)
+        wait_for(lambda: source.policy_state()["waiting"] == 2, 60,
+                 "both members' model calls blocked by the hold")
+        time.sleep(6.0)  # the weight update itself: longer than the 4 s deadline
+        source.resume()
+        group = source.next_group(timeout_s=60)
+        source.ack(group.group_id)
+        source.close()
+    assert [(m.status, m.reward) for m in group.members] == [("ok", 1.0)] * 2, \
+        [m.row.get("error_message") for m in group.members]
+    # Their agent phase spanned the hold (and outlived the 4 s deadline).
+    assert all(m.row["agent_s"] >= 6.0 for m in group.members)
+    wait_for(lambda: sim_stats(account)["live"] == 0, 60, "0 sandboxes left in the sim")
