@@ -156,8 +156,7 @@ class OpenAIAgent:
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
             content=choice.message.content, finish_reason=choice.finish_reason,
-            policy_version=(getattr(response, "model_extra", None) or {}).get(
-                "hud_ray_policy_version"),
+            **_policy_facts(getattr(response, "model_extra", None) or {}),
             tool_calls=[{"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
                         for c in message.get("tool_calls") or []] or None,
             **_token_data(response, choice))
@@ -185,6 +184,17 @@ def policy_http_client_for(name: str, governed: Any) -> Any:
 
     inner = governed._transport if governed is not None else None
     return httpx.AsyncClient(transport=policy_transport(name, inner), timeout=None)
+
+
+def _policy_facts(extra: dict[str, Any]) -> dict[str, Any]:
+    """Under an RL policy (hud_ray.rl): the version that served the call, and, where an
+    abort kept a partial turn, each token's version and the aborted attempts' versions."""
+    facts: dict[str, Any] = {"policy_version": extra.get("hud_ray_policy_version")}
+    for key, field in (("token_versions", "hud_ray_token_versions"),
+                       ("partial_versions", "hud_ray_partial_versions")):
+        if extra.get(field):
+            facts[key] = extra[field]
+    return facts
 
 
 def _token_data(response: Any, choice: Any) -> dict[str, Any]:

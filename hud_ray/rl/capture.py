@@ -176,6 +176,9 @@ def completion_facts(reply: dict[str, Any]) -> dict[str, Any]:
         "completion_tokens": usage.get("completion_tokens"),
         "content": message.get("content"), "finish_reason": choice.get("finish_reason"),
         "policy_version": reply.get(VERSION_FIELD),
+        **{key: reply[field] for key, field in (("token_versions", "hud_ray_token_versions"),
+                                                ("partial_versions", "hud_ray_partial_versions"))
+           if reply.get(field)},
         "tool_calls": [{"name": c.get("function", {}).get("name"),
                         "arguments": c.get("function", {}).get("arguments")}
                        for c in message.get("tool_calls") or []] or None,

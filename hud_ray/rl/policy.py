@@ -24,6 +24,7 @@ call keeps its sandbox, and its deadline clock stops while the call is held
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import json
 from typing import Any, Literal
@@ -42,8 +43,10 @@ def actor_name(run_id: str) -> str:
 class PolicyStateImpl:
     """The state and its waits, without Ray (the actor wraps it)."""
 
-    def __init__(self, version: int, base_url: str | None, model: str | None) -> None:
+    def __init__(self, version: int, base_url: str | None, model: str | None,
+                 keep_partial: bool = False) -> None:
         self.version, self.base_url, self.model = version, base_url, model
+        self.keep_partial = keep_partial  # abort keeps streamed tokens (hud_ray.rl.partial)
         self.paused: str | None = None
         self.in_flight = 0
         self.waiting = 0  # model calls blocked by the pause right now
@@ -69,7 +72,7 @@ class PolicyStateImpl:
         self.in_flight += 1
         self.calls += 1
         return {"version": self.version, "base_url": self.base_url, "model": self.model,
-                "epoch": self.aborts}
+                "epoch": self.aborts, "keep_partial": self.keep_partial}
 
     def done(self, aborted: bool = False) -> None:
         self.in_flight -= 1
@@ -107,12 +110,13 @@ class PolicyStateImpl:
 
 
 def start_policy_actor(run_id: str, version: int, base_url: str | None,
-                       model: str | None) -> Any:
+                       model: str | None, keep_partial: bool = False) -> Any:
     import ray
 
     actor_cls = ray.remote(num_cpus=0, max_concurrency=100_000)(PolicyStateImpl)
     return actor_cls.options(name=actor_name(run_id), namespace=NAMESPACE,
-                             get_if_exists=True).remote(version, base_url, model)
+                             get_if_exists=True).remote(version, base_url, model,
+                                                                 keep_partial)
 
 
 def check_endpoint(base_url: str, model: str | None, timeout_s: float = 10.0) -> None:
@@ -151,14 +155,13 @@ def policy_transport(name: str, inner: Any = None) -> Any:
 
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
             actor = self.actor()
+            partial = None
             while True:
-                state = await actor.admit.remote(False)
-                if state is None:  # paused: the rollout's deadline stops while it waits
-                    hold = DEADLINE_HOLD.get()
-                    with hold.holding() if hold is not None else contextlib.nullcontext():
-                        state = await actor.admit.remote(True)
-                sent = _routed(request, state)
-                call = asyncio.ensure_future(self._send(sent))
+                state = await self._admit(actor)
+                if partial is None and state["keep_partial"]:
+                    partial = _partial_for(request)
+                sent = _routed(request, state, partial)
+                call = asyncio.ensure_future(self._send(sent, partial, state["version"]))
                 abort = asyncio.ensure_future(actor.wait_abort.remote(state["epoch"]))
                 try:
                     await asyncio.wait({call, abort}, return_when=asyncio.FIRST_COMPLETED)
@@ -168,13 +171,41 @@ def policy_transport(name: str, inner: Any = None) -> Any:
                     call.cancel()
                     await asyncio.gather(call, return_exceptions=True)
                     actor.done.remote(True)
+                    if partial is not None:
+                        partial.aborted(state["version"])
                     continue
                 actor.done.remote(False)
-                return _stamped(call.result(), state["version"], request)
+                response, body = call.result()
+                if partial is not None and response.status_code == 200:
+                    return httpx.Response(200, json=partial.reply(state["version"], VERSION_FIELD),
+                                          request=request)
+                return _stamped((response, body), state["version"], request)
 
-        async def _send(self, request: httpx.Request) -> tuple[httpx.Response, bytes]:
+        async def _admit(self, actor: Any) -> dict[str, Any]:
+            state = await actor.admit.remote(False)
+            if state is None:  # paused: the rollout's deadline stops while it waits
+                hold = DEADLINE_HOLD.get()
+                with hold.holding() if hold is not None else contextlib.nullcontext():
+                    state = await actor.admit.remote(True)
+            return state
+
+        async def _send(self, request: httpx.Request, partial: Any,
+                        version: int) -> tuple[httpx.Response, bytes]:
             response = await self.inner.handle_async_request(request)
-            return response, await response.aread()
+            if partial is None or response.status_code != 200:
+                return response, await response.aread()
+            # Streamed: every token lands in `partial` as it arrives, so an abort keeps it.
+            buffer, decoder = "", codecs.getincrementaldecoder("utf-8")("replace")
+            try:
+                async for chunk in response.aiter_raw():
+                    buffer += decoder.decode(chunk)
+                    *lines, buffer = buffer.split("\n")
+                    for line in lines:
+                        partial.feed_line(line.strip(), version)
+                partial.feed_line(buffer.strip(), version)
+            finally:  # an abort cancels mid-stream: the connection still goes back
+                await response.aclose()
+            return response, b""
 
         async def aclose(self) -> None:
             await self.inner.aclose()
@@ -182,8 +213,23 @@ def policy_transport(name: str, inner: Any = None) -> Any:
     return PolicyTransport()
 
 
-def _routed(request: Any, state: dict[str, Any]) -> Any:
-    """The request as the current policy serves it: its base URL and model replaced."""
+def _partial_for(request: Any) -> Any:
+    """A `PartialTurn` for a plain chat completion (None: sent as is)."""
+    from hud_ray.rl.partial import PartialTurn, is_plain_completion
+
+    if request.method != "POST" or not request.url.path.rstrip("/").endswith(
+            "/chat/completions"):
+        return None
+    try:
+        body = json.loads(request.content)
+    except ValueError:
+        return None
+    return PartialTurn() if is_plain_completion(body) else None
+
+
+def _routed(request: Any, state: dict[str, Any], partial: Any = None) -> Any:
+    """The request as the current policy serves it: its base URL and model replaced (and
+    streamed, continuing the partial turn, under `keep_partial`)."""
     import httpx
 
     url = request.url
@@ -193,10 +239,12 @@ def _routed(request: Any, state: dict[str, Any]) -> Any:
         path = base.path + ("chat/" + tail[1] if len(tail) == 2 else url.path.lstrip("/"))
         url = base.copy_with(path=path, query=url.query or None)
     content = request.content
-    if state["model"] and content:
+    if (state["model"] or partial is not None) and content:
         try:
             body = json.loads(content)
-            body["model"] = state["model"]
+            body["model"] = state["model"] or body.get("model")
+            if partial is not None:
+                body = partial.request(body)
             content = json.dumps(body).encode()
         except ValueError:
             pass

@@ -95,10 +95,10 @@ class RolloutSource(GroupAssembly):
         self._closed = False
         self._error: BaseException | None = None
         policy = dict(policy or {})
-        unknown = sorted(set(policy) - {"base_url", "model"})
+        unknown = sorted(set(policy) - {"base_url", "model", "keep_partial"})
         if unknown:
             raise ValueError(f"policy: unknown key(s) {', '.join(unknown)} (known: base_url, "
-                             "model)")
+                             "model, keep_partial)")
         if policy.get("base_url"):
             check_endpoint(policy["base_url"], policy.get("model"))
         run_id = run_id or new_run_id()
@@ -114,7 +114,8 @@ class RolloutSource(GroupAssembly):
             agent_config=agent_config, llm_limits=llm_limits, step_wait_s=step_wait_s,
             retry_backoff_s=retry_backoff_s)
         self.policy_actor = start_policy_actor(run_id, self._version, policy.get("base_url"),
-                                               policy.get("model"))
+                                               policy.get("model"),
+                                               bool(policy.get("keep_partial")))
         self.log = GroupLog(self.run_dir)
         if resume:
             self._recover()

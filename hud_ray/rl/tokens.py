@@ -25,6 +25,7 @@ class Turn(BaseModel):
     completion_ids: list[int]
     logprobs: list[float] | None = None
     version: int | None = None
+    versions: list[int] | None = None  # per completion token, where an abort split the turn
 
 
 class TokenSequence(BaseModel):
@@ -51,7 +52,8 @@ def turns_of(row: dict[str, Any]) -> list[Turn]:
             continue
         out.append(Turn(prompt_ids=step.get("prompt_token_ids") or [],
                         completion_ids=step["completion_token_ids"],
-                        logprobs=step.get("logprobs"), version=step.get("policy_version")))
+                        logprobs=step.get("logprobs"), version=step.get("policy_version"),
+                        versions=step.get("token_versions")))
     return out
 
 
@@ -65,22 +67,26 @@ def merge(turns: list[Turn]) -> list[TokenSequence]:
             if turn.prompt_ids[:len(before)] == before:
                 given = turn.prompt_ids[len(before):]
                 _extend(current, given, 0, None, None)
-                _extend(current, turn.completion_ids, 1, turn.logprobs, turn.version)
+                _extend(current, turn.completion_ids, 1, turn.logprobs, turn.version,
+                        turn.versions)
                 current.turns += 1
                 continue
         current = TokenSequence(prompt_ids=list(turn.prompt_ids))
-        _extend(current, turn.completion_ids, 1, turn.logprobs, turn.version)
+        _extend(current, turn.completion_ids, 1, turn.logprobs, turn.version, turn.versions)
         current.turns = 1
         sequences.append(current)
     return sequences
 
 
 def _extend(seq: TokenSequence, ids: list[int], mask: int, logprobs: list[float] | None,
-            version: int | None) -> None:
+            version: int | None, versions: list[int] | None = None) -> None:
     seq.response_ids += ids
     seq.loss_mask += [mask] * len(ids)
     if mask and (logprobs is None or len(logprobs) != len(ids)):
         seq.logprobs_complete = False
         logprobs = None
     seq.logprobs += list(logprobs) if logprobs is not None else [0.0] * len(ids)
+    if mask and versions is not None and len(versions) == len(ids):
+        seq.versions += list(versions)
+        return
     seq.versions += [version if mask and version is not None else -1] * len(ids)

@@ -140,3 +140,46 @@ def test_a_hold_longer_than_the_deadline_stops_the_clock_and_the_group_finishes(
     # Their agent phase spanned the hold (and outlived the 4 s deadline).
     assert all(m.row["agent_s"] >= 6.0 for m in group.members)
     wait_for(lambda: sim_stats(account)["live"] == 0, 60, "0 sandboxes left in the sim")
+
+
+@pytest.mark.slow
+def test_abort_keeps_the_partial_turn_and_the_new_weights_finish_it(ray_local, tmp_path):
+    account = f"rl-{uuid.uuid4().hex[:6]}"
+    text = "abcdefghijkl"  # the scripted server streams one token per character
+    with ScriptedModel(lambda m, t: answer(text)) as model:
+        model.token_s = 0.15
+        source = RolloutSource(
+            "openai:scripted-1", provider="sim", out=tmp_path / "runs", concurrency=8,
+            provider_options={"account": account, "flush_s": "0"}, warm=0,
+            agent_config={"base_url": model.base_url, "max_retries": 0,
+                          "return_token_ids": True, "logprobs": True},
+            policy={"base_url": model.base_url, "model": "scripted-1", "keep_partial": True})
+        source.submit({"env": "sim", "id": "t", "slug": "p", "args": {"answer": text},
+                       "prompt": "spell it"}, n=4)
+        wait_for(lambda: model.streamed_tokens >= 8, 60, "tokens streaming to the members")
+        source.pause("abort")  # mid-stream: the tokens so far are kept
+        model.weight_version = 1
+        source.set_policy(1)
+        source.resume()
+        group = source.next_group(timeout_s=60)
+        source.ack(group.group_id)
+        source.close()
+    assert [(m.status, m.reward) for m in group.members] == [("ok", 1.0)] * 4, \
+        [m.row.get("error_message") for m in group.members]
+    assert model.continuations >= 1, "an aborted call continued, not sent again whole"
+    split = 0
+    for member in group.members:
+        (step,) = [s for s in json.loads(member.row["steps"]) if s["kind"] == "llm"]
+        ids, versions = step["completion_token_ids"], step["token_versions"]
+        # Every token once, in order, each with the version of the weights that sampled it.
+        assert "".join(chr(i // 100) for i in ids) == text
+        assert versions == [i % 100 for i in ids] and versions == sorted(versions)
+        assert step["logprobs"] == [-0.01 * (v + 1) for v in versions]
+        assert step["policy_version"] == 1
+        (seq,) = member.tokens()
+        assert seq.versions == versions and seq.loss_mask == [1] * len(text)
+        if step.get("partial_versions"):
+            assert step["partial_versions"] == [0] and versions[0] == 0 and versions[-1] == 1
+            split += 1
+    assert split >= 1, "at least one member's turn was sampled by both versions"
+    wait_for(lambda: sim_stats(account)["live"] == 0, 60, "0 sandboxes left in the sim")

@@ -75,6 +75,13 @@ class ScriptedModel:
         # logprobs) of each response, as sent
         self.usage: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
         self.requests = 0
+        # Streaming (`stream: true`): one token per character of the answer, `token_s`
+        # apart; token id = ord(char) * 100 + weight version, logprob = -0.01 * (version
+        # + 1), so a test can tell which weights sampled each token. A request with
+        # vLLM's `continue_final_message` continues its last (assistant) message.
+        self.token_s = 0.0
+        self.streamed_tokens = 0
+        self.continuations = 0
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -156,6 +163,53 @@ class ScriptedModel:
             self.usage[first_user].append((prompt_tokens, 7, prompt_ids, completion_ids, logprobs))
         return reply
 
+    def stream(self, handler: BaseHTTPRequestHandler, request: dict[str, Any]) -> None:
+        """Answer as server-sent events, token by token (see `token_s`)."""
+        messages = request.get("messages") or []
+        kept = ""
+        if request.get("continue_final_message") and messages[-1].get("role") == "assistant":
+            kept, messages = text_of(messages[-1]), messages[:-1]
+        decision = self.policy(messages, request.get("tools") or [])
+        version = self.weight_version
+        with self._lock:
+            self.requests += 1
+            self.continuations += bool(kept)
+            self.served.append((handler.headers.get("x-hud-ray-policy-version"), version))
+            self.sampling_seen.append({k: request[k] for k in SAMPLING if k in request})
+        content = decision.get("content") or ""
+        rest = content[len(kept):] if content.startswith(kept) else content
+        handler.send_response(200)
+        handler.send_header("content-type", "text/event-stream")
+        handler.end_headers()
+        prompt_tokens = len(json.dumps(messages)) // 4
+        head: dict[str, Any] = {"choices": [{"index": 0, "delta": {"role": "assistant"}}]}
+        if request.get("return_token_ids"):
+            head["prompt_token_ids"] = [(7 * i + prompt_tokens) % 50_000
+                                        for i in range(prompt_tokens)]
+        chunks = [head]
+        for char in rest:
+            chunks.append({"choices": [{"index": 0, "delta": {"content": char},
+                                        "token_ids": [ord(char) * 100 + version],
+                                        "logprobs": {"content": [{
+                                            "token": char, "logprob": -0.01 * (version + 1),
+                                            "bytes": None, "top_logprobs": []}]}}]})
+        chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                       "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(rest),
+                                 "total_tokens": prompt_tokens + len(rest)}})
+        try:
+            for i, chunk in enumerate(chunks):
+                if 0 < i < len(chunks) - 1:
+                    time.sleep(self.token_s)  # this request's own thread
+                    with self._lock:
+                        self.streamed_tokens += 1
+                chunk.update(id="chatcmpl-s", object="chat.completion.chunk",
+                             model=request.get("model") or self.model)
+                handler.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                handler.wfile.flush()
+            handler.wfile.write(b"data: [DONE]\n\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client cancelled mid-stream (an abort)
+
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         model = self
 
@@ -179,6 +233,9 @@ class ScriptedModel:
                     self._send(429, {"error": {"message": "Rate limit reached",
                                                "type": "requests", "code": "rate_limit"}},
                                {"retry-after": "1"})
+                    return
+                if json.loads(body or b"{}").get("stream"):
+                    model.stream(self, json.loads(body))
                     return
                 try:
                     reply = model.respond(json.loads(body))
