@@ -180,7 +180,8 @@ class RolloutRunner:
         self._t0 = time.monotonic()
         self._clock_wall = time.time()
         deadline = asyncio.timeout(self.deadline_s)
-        self._hold.arm(deadline, self._remaining)
+        self._hold.arm(deadline, self._remaining, self._keep_alive,
+                       self.provider.keepalive_interval_s())
         try:
             async with deadline:
                 await self._phases()
@@ -442,6 +443,10 @@ class RolloutRunner:
             with contextlib.suppress(Exception):
                 tail = await asyncio.wait_for(self.provider.diagnostics(self.handle), 2.0)
         return f"{exc}" + (f"\nenv output:\n{tail}" if tail else "")
+
+    async def _keep_alive(self) -> None:
+        if self.handle is not None:
+            await self.provider.keep_alive(self.handle)
 
     @property
     def clock_started(self) -> float | None:

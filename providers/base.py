@@ -220,6 +220,16 @@ class Provider(ABC):
         """Last output lines of the sandbox's env server, for error messages."""
         return ""
 
+    def keepalive_interval_s(self) -> float | None:
+        """How often `keep_alive` must be called on a sandbox nothing else talks to, so
+        the provider does not stop it as idle (None: its sandboxes have no idle timer)."""
+        return None
+
+    async def keep_alive(self, handle: SandboxHandle) -> None:
+        """Reset the sandbox's idle timer (a rollout waiting out a trainer's pause has
+        no traffic of its own). Only called when `keepalive_interval_s` is not None."""
+        return None
+
     async def close(self) -> None:
         """Release process-wide resources (SDK clients, SSH connections)."""
         return None

@@ -158,6 +158,17 @@ class DaytonaProvider(AccessMixin, LifecycleMixin, Provider):
                   "ttl_minutes": ttl},
         )
 
+    # --- idle timer ------------------------------------------------------------------
+    def keepalive_interval_s(self) -> float | None:
+        # A third of the auto-stop interval: two refreshes may fail before it stops.
+        return self.options.auto_stop_minutes * 60.0 / 3.0
+
+    async def keep_alive(self, handle: SandboxHandle) -> None:
+        live = self._live.get(handle.sandbox_id)
+        if live is not None:  # one this process created (and has not destroyed)
+            await self._call(f"refresh activity of {handle.sandbox_id}",
+                             live.sandbox.refresh_activity)
+
     # --- destroy / list / close ------------------------------------------------------
     async def destroy(self, handle: SandboxHandle) -> None:
         await shielded(self._destroy(handle))

@@ -74,6 +74,7 @@ class FakeDaytona:
         self.env_file = str(env_file)
         self.sandboxes: dict[str, FakeSandbox] = {}
         self.deleted: dict[str, FakeSandbox] = {}
+        self.activity_refreshes: dict[str, int] = {}  # POST /sandbox/{id}/last-activity
         self.snapshots: dict[str, dict[str, Any]] = {}
         self.tokens: dict[str, tuple[str, float]] = {}  # token → (sandbox id, expires epoch)
         self.requests: list[list[Any]] = []  # [method, path, status (0 = pending), arrival]
@@ -341,6 +342,9 @@ class FakeDaytona:
         if rest == "/toolbox-proxy-url" and method == "GET":
             return 200, api.ToolboxProxyUrl(url=f"{self.url}/toolbox"), {}
         if rest == "/last-activity" and method == "POST":
+            with self._lock:
+                self.activity_refreshes[sandbox.id] = self.activity_refreshes.get(
+                    sandbox.id, 0) + 1
             return 201, None, {}
         return 404, f"fake daytona: no route {method} {path}", {}
 

@@ -432,3 +432,20 @@ def test_resources_need_an_image_recipe() -> None:
     provider.check_spec(SandboxSpec(name="n", image="python:3.11", resources=Resources(cpu=2)))
     with pytest.raises(UnsupportedSpecError, match="gpu"):
         provider.check_spec(SandboxSpec(name="n", image="x", resources=Resources(gpu={"count": 1})))
+
+
+def test_keep_alive_refreshes_the_sandbox_activity_every_third_of_auto_stop(fake) -> None:
+    provider = DaytonaProvider(**provider_options(fake), auto_stop_minutes=6)
+    assert provider.keepalive_interval_s() == 120.0
+
+    async def main():
+        handle = await provider.create(SandboxSpec(name="hudray-k"), {})
+        await provider.keep_alive(handle)
+        await provider.keep_alive(handle)
+        assert fake.activity_refreshes == {handle.sandbox_id: 2}  # the SDK's real call
+        await provider.destroy(handle)
+        await provider.keep_alive(handle)  # gone: nothing to keep, no error
+        await provider.close()
+
+    run(main())
+    assert sum(fake.activity_refreshes.values()) == 2
