@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import ast
 import re
+import threading
 from pathlib import Path
 from typing import Literal
 
 ServerKind = Literal["hud", "envkit"]
+_PARSE_LOCK = threading.Lock()
 
 COMMANDS: dict[ServerKind, str] = {
     "envkit": "{python} -m hud_ray.envkit {env_file} --host 127.0.0.1 --port 0",
@@ -25,7 +27,9 @@ COMMANDS: dict[ServerKind, str] = {
 def imported_roots(source: str) -> set[str]:
     """Dotted module names a file imports (`from a.b import c` -> `a.b`)."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
+    with _PARSE_LOCK:  # CPython 3.11's ast.parse is not thread-safe (two runs planned at once)
+        tree = ast.parse(source)
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
