@@ -27,6 +27,11 @@ or its provider's processes; a driver-owned one dies with its driver within seco
 worker death). Sharing workers between drivers would also share credentials between
 them. So the pool lives in the driver process: one per process, per Ray session.
 
+A long-lived caller (an RL rollout source) either calls `run_distributed()` again and
+again, or holds workers itself: `worker_pool().acquire(WorkerRequest(...), index)` for each,
+the worker's `step`/`end_run` as the scheduler uses them, then `release([(worker_id,
+clean)])` with `clean` from `end_run`'s reply (a worker it gave up on: `discard`).
+
 Ended after `HUD_RAY_KEEP_WORKERS_S` seconds idle (default 300; 0 = end them at the end
 of each run), by `hud_ray.shutdown()`, or at interpreter exit. At most `MAX_IDLE` idle
 workers are kept (the oldest idle ones go first).
