@@ -151,3 +151,26 @@ def test_two_runs_at_once_get_their_own_workers(ray_local, tmp_path):
     assert set(results) == {"left", "right"}
     assert not results["left"] & results["right"]  # a worker is lent to one run at a time
     assert worker_pool().idle_count() == 4
+
+
+BLOCKING = f"{REPO / 'tests/fakes/agents.py'}:blocking_agent"
+
+
+def test_a_worker_killed_mid_run_is_never_kept(ray_local, tmp_path):
+    import json
+
+    rows = [json.loads(line) for line in DEMO_TASKS.read_text().splitlines()]
+    riddle = next(r for r in rows if r["id"] == "riddle")
+    other = next(r for r in rows if r["id"] == "count")
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(json.dumps(other) + "\n" + json.dumps(riddle) + "\n")
+    # The riddle blocks its worker's loop: the scheduler kills that worker at the deadline.
+    table = run_distributed(tasks, BLOCKING, provider="local", concurrency=2, workers=1,
+                            out=tmp_path / "runs", progress=False, timeout_s=3.0,
+                            retry_backoff_s=0.1, warm=0, **ENV)
+    by_template = {r["template_id"]: r for r in table.to_pylist()}
+    assert by_template["riddle"]["status"] == "timeout"
+    killed = by_template["riddle"]["worker_id"]
+    kept = _idle_pids()
+    assert killed not in kept and len(kept) == 1  # only its clean replacement
+    assert not worker_pool()._lent  # the killed one forgotten, not left lent forever
