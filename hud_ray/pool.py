@@ -234,14 +234,16 @@ def end_workers(actors: list[Any], timeout_s: float = END_TIMEOUT_S) -> None:
         return
     with contextlib.suppress(Exception):
         refs = [a.shutdown.remote() for a in actors]
-        ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        if ray.is_initialized():  # never start a Ray just to end actors (it would be empty)
+            ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
     for actor in actors:
         _kill(actor)
 
 
 def _kill(actor: Any) -> None:
-    with contextlib.suppress(Exception):
-        ray.kill(actor, no_restart=True)
+    if ray.is_initialized():
+        with contextlib.suppress(Exception):
+            ray.kill(actor, no_restart=True)
 
 
 _POOL: WorkerPool | None = None
