@@ -196,6 +196,14 @@ class RolloutWorkerImpl:
         record_live(self.worker_id, self.provider.name, len(self._running) + warm)
         self._wake.set()
 
+    async def cancel(self, keys: list[str]) -> int:
+        """Cancel these rollouts (a trainer cancelled their group): each tears its sandbox
+        down and ends as a `cancelled` row in the next `step` reply. Returns how many ran."""
+        tasks = [self._running[key] for key in keys if key in self._running]
+        for task in tasks:
+            task.cancel()
+        return len(tasks)
+
     async def end_run(self, timeout_s: float = 60.0) -> dict[str, Any]:
         """End this run here: cancel every rollout (each tears its sandbox down), free
         the warm sandboxes; the rows, and whether the worker is clean to keep (no rollout
