@@ -36,7 +36,11 @@ def test_failure_rules_and_infra_retries_inside_the_group(ray_local, tmp_path):
     """Each rule gives its documented group; sandboxes that fail to start are retried in
     new sandboxes without the group noticing; every member lands in Parquet."""
     account = f"rl-{uuid.uuid4().hex[:6]}"
+    # A fixed run id and no warm sandboxes: the sim draws each create's fate from the
+    # rollout attempt's name, so which creates fail is the same on every run of this test
+    # (with warm-ahead, a failed warm create is retried by the pool, not as an attempt).
     source = _source(tmp_path, "failing_member_agent", account, max_attempts=8,
+                     run_id="rl-rules", warm=0,
                      sim={"create_fail_rate": "0.25", "seed": "3"})
     ids = {
         "ok": source.submit(_task(0), n=4),
@@ -63,6 +67,7 @@ def test_failure_rules_and_infra_retries_inside_the_group(ray_local, tmp_path):
     rows = read_results(source.run_dir).to_pylist()
     assert len(rows) == 20 and len({r["rollout_key"] for r in rows}) == 20
     assert any(r["attempts"] > 1 and r["status"] == "ok" for r in rows), "infra retries"
+    assert sim_stats(account)["create_failures"] > 0
     facts = [json.loads(r["columns"])["rl"] for r in rows]
     assert all(f["policy_version_start"] == 0 == f["policy_version_end"] for f in facts)
     wait_for(lambda: sim_stats(account)["live"] == 0, 60, "0 sandboxes left in the sim")
