@@ -72,3 +72,40 @@ def test_hud_openai_chat_agent_members_record_what_the_server_served(ray_local, 
             assert sum(sum(seq.loss_mask) for seq in member.tokens()) == 21  # 3 calls x 7 sampled
     assert {"temperature": 0.5, "top_k": 3} in model.sampling_seen, "the group's sampling"
     wait_for(lambda: not list(state_dir.glob("*.json")), 60, "an empty sandbox ledger")
+
+
+def test_an_agents_own_client_through_the_proxy_keeps_its_partial_turn_across_abort(
+        ray_local, tmp_path):
+    import uuid
+
+    from providers.sim import sim_stats
+
+    account = f"rl-{uuid.uuid4().hex[:6]}"
+    text = "abcdefghij"  # streamed one token per character by the scripted server
+    with ScriptedModel(lambda m, t: {"content": text}) as model:
+        model.token_s = 0.15
+        source = RolloutSource(
+            "tests/fakes/rl_agents.py:capture_proxy_agent", provider="sim",
+            out=tmp_path / "runs", concurrency=4, warm=0,
+            provider_options={"account": account, "flush_s": "0"},
+            policy={"base_url": model.base_url, "model": "scripted-1", "keep_partial": True})
+        source.submit({"env": "sim", "id": "t", "slug": "p", "args": {"answer": text},
+                       "prompt": "spell it"}, n=2)
+        wait_for(lambda: model.streamed_tokens >= 4, 60, "tokens streaming to the members")
+        source.pause("abort")
+        model.weight_version = 1
+        source.set_policy(1)
+        source.resume()
+        group = source.next_group(timeout_s=60)
+        source.ack(group.group_id)
+        source.close()
+    assert [(m.status, m.reward) for m in group.members] == [("ok", 1.0)] * 2, \
+        [m.row.get("error_message") for m in group.members]
+    for member in group.members:
+        (step,) = [s for s in json.loads(member.row["steps"]) if s["kind"] == "llm"]
+        assert step["model"] == "scripted-1" and step["policy_version"] == 1
+        assert "".join(chr(i // 100) for i in step["completion_token_ids"]) == text
+        assert step["token_versions"] == [i % 100 for i in step["completion_token_ids"]]
+        assert member.tokens()[0].versions == step["token_versions"]
+    assert model.continuations >= 1
+    wait_for(lambda: sim_stats(account)["live"] == 0, 60, "0 sandboxes left in the sim")

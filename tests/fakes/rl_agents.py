@@ -28,3 +28,20 @@ async def failing_member_agent(session):
         raise RuntimeError("this member's policy failed")
     await asyncio.sleep(float(session.task.args.get("think_s", 0.0)))
     return session.task.args.get("answer", "")
+
+
+async def capture_proxy_agent(session):
+    """An agent of one's own with its own OpenAI client, pointed at the rollout's capture
+    proxy (hud_ray.rl.capture): one chat completion, its text is the answer."""
+    from openai import AsyncOpenAI
+
+    from hud_ray.rl.capture import capture_proxy
+
+    async with capture_proxy(session) as base_url:
+        client = AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0)
+        try:
+            reply = await client.chat.completions.create(
+                model="my-own-name", messages=[{"role": "user", "content": session.prompt_text}])
+        finally:
+            await client.close()
+    return reply.choices[0].message.content
