@@ -11,7 +11,9 @@ other agent through `policy_http_client(session)`. Each model call then
 3. carries the version it is sent under (`x-hud-ray-policy-version` header) and is
    answered with it that served it (`hud_ray_policy_version` in the JSON
    body, recorded per turn by the `openai:` agent), and
-4. under `pause("abort")` is cancelled mid-flight and sent again after `resume()`.
+4. under `pause("abort")` is cancelled mid-flight and sent again after `resume()` —
+   or, with the policy's `keep_partial`, continued from the tokens it had streamed
+   (hud_ray.rl.partial).
 
 Pause modes: `hold` blocks new model calls and returns at once; `drain` blocks new calls
 and returns when the in-flight ones have finished; `abort` blocks new calls, cancels the
