@@ -65,6 +65,9 @@ class RolloutConfig(BaseModel):
     throttle_timeout_s: float = 600.0  # longest wait for a create grant (then quota_error)
     cancel_timeout_s: float = 5.0
     teardown_timeout_s: float = 60.0
+    # Longest pause a sandbox's hard lifetime is budgeted for (an RL rollout source's
+    # weight updates: hud_ray.deadline_hold stops the deadline, not a provider's cap).
+    pause_budget_s: float = 0.0
     heartbeat_s: float | None = 120.0
     attempt: int = 1
     worker_id: str | None = None
@@ -126,7 +129,7 @@ def sandbox_spec(rollout: Rollout, config: RolloutConfig, deadline_s: float) -> 
         compose=runtime.compose if runtime else None,
         env_name=rollout.task.env_name,
         resources=runtime.resources if runtime else None,
-        lifetime_s=deadline_s + config.teardown_timeout_s,
+        lifetime_s=deadline_s + config.pause_budget_s + config.teardown_timeout_s,
         startup_timeout_s=(limits.startup_timeout_s if limits and limits.startup_timeout_s
                            else config.ready_timeout_s),
     )

@@ -35,3 +35,16 @@ def test_a_held_deadline_waits_and_keeps_the_sandbox_alive_then_comes_back():
         assert time.monotonic() - t0 >= 0.3 + 0.19
 
     asyncio.run(main())
+
+
+def test_the_sandbox_lifetime_budgets_for_pauses_and_a_negative_budget_is_refused(tmp_path):
+    from hud_ray.rl import RolloutSource
+    from hud_ray.rollout import RolloutConfig, sandbox_spec
+    from hud_ray.tasks import Rollout, Task
+
+    rollout = Rollout(task=Task(env="sim", id="t", slug="s"))
+    spec = sandbox_spec(rollout, RolloutConfig(pause_budget_s=600.0, teardown_timeout_s=60.0),
+                        300.0)
+    assert spec.lifetime_s == 300.0 + 600.0 + 60.0
+    with pytest.raises(ValueError, match="max_pause_s must be a number of seconds >= 0, got -1"):
+        RolloutSource("nop", provider="sim", out=tmp_path, max_pause_s=-1)

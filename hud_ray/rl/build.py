@@ -29,8 +29,13 @@ def build_scheduler(agent: Any, provider: str, feed: Any, *, out: str | Path,
                     flush_s: float, governor: Any, warm: float | None,
                     provider_options: dict[str, Any], agent_config: dict[str, Any] | None,
                     llm_limits: dict[str, Any] | None, step_wait_s: float,
-                    retry_backoff_s: float) -> tuple[Any, Path]:
-    """Validate the settings, open the run directory, return (LiveScheduler, run_dir)."""
+                    retry_backoff_s: float, max_pause_s: float = 0.0) -> tuple[Any, Path]:
+    """Validate the settings, open the run directory, return (LiveScheduler, run_dir).
+    `max_pause_s`: the longest weight-update pause the sandboxes' hard lifetimes (Modal's
+    timeout, Daytona's TTL) are budgeted for, on top of `timeout_s`."""
+    if (isinstance(max_pause_s, bool) or not isinstance(max_pause_s, int | float)
+            or max_pause_s < 0):
+        raise ValueError(f"max_pause_s must be a number of seconds >= 0, got {max_pause_s!r}")
     preflight.check_settings(
         concurrency=concurrency, repeats=1, workers=workers, timeout_s=timeout_s,
         ready_timeout_s=min(120.0, timeout_s), max_attempts=max_attempts, max_failures=None,
@@ -68,7 +73,8 @@ def build_scheduler(agent: Any, provider: str, feed: Any, *, out: str | Path,
         run_id=run_id, provider=provider, provider_options=provider_options, agent=agent,
         concurrency=concurrency, workers=workers, max_attempts=max_attempts,
         retry_backoff_s=retry_backoff_s, step_wait_s=step_wait_s,
-        rollout={"deadline_s": timeout_s, "ready_timeout_s": min(120.0, timeout_s)},
+        rollout={"deadline_s": timeout_s, "ready_timeout_s": min(120.0, timeout_s),
+                 "pause_budget_s": float(max_pause_s)},
         env_vars=env_vars, governor=governor_settings(governor), resume=resume,
         warm_per_slot=(warm if warm is not None
                        else (1.0 if driver_provider.capabilities.warm_ahead else 0.0)),

@@ -65,7 +65,7 @@ class RolloutSource(GroupAssembly):
                  agent_config: dict[str, Any] | None = None,
                  llm_limits: dict[str, Any] | None = None, step_wait_s: float = 0.1,
                  retry_backoff_s: float = 1.0, version: int = 0,
-                 policy: dict[str, Any] | None = None,
+                 policy: dict[str, Any] | None = None, max_pause_s: float = 600.0,
                  **provider_kwargs: Any) -> None:
         from hud_ray.api import new_run_id
         from hud_ray.rl.build import build_scheduler
@@ -112,7 +112,7 @@ class RolloutSource(GroupAssembly):
             max_attempts=max_attempts, flush_s=flush_s, governor=governor, warm=warm,
             provider_options={**provider_kwargs, **(provider_options or {})},
             agent_config=agent_config, llm_limits=llm_limits, step_wait_s=step_wait_s,
-            retry_backoff_s=retry_backoff_s)
+            retry_backoff_s=retry_backoff_s, max_pause_s=max_pause_s)
         self.policy_actor = start_policy_actor(run_id, self._version, policy.get("base_url"),
                                                policy.get("model"),
                                                bool(policy.get("keep_partial")))
