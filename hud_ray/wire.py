@@ -124,7 +124,7 @@ class EnvClient(EnvConnection):
                     await client.close()
                 raise
             if heartbeat_s:
-                client._heartbeat_task = asyncio.create_task(client._heartbeat(heartbeat_s))
+                client.start_heartbeat(heartbeat_s)
             return client
 
     # --- calls -----------------------------------------------------------------------

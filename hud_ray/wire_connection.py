@@ -44,7 +44,9 @@ class EnvConnection:
         self._write_lock = asyncio.Lock()
         self._broken: WireError | None = None
         self._reader_task = asyncio.create_task(self._read_loop())
-        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None  # a heartbeat call going
+        self._heartbeat_timer: asyncio.TimerHandle | None = None
+        self._closed = False
         self.session_id: str | None = None
         self.env_info: dict[str, Any] = {}
         self.bindings: list[dict[str, Any]] = []
@@ -56,6 +58,9 @@ class EnvConnection:
 
     async def close(self) -> None:
         """Drop the connection without ceremony (use `bye` for a polite goodbye)."""
+        self._closed = True
+        if self._heartbeat_timer is not None:
+            self._heartbeat_timer.cancel()
         for task in (self._heartbeat_task, self._reader_task):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
@@ -130,10 +135,18 @@ class EnvConnection:
                 # Retrieved here so an abandoned future never logs "never retrieved".
                 future.exception()
 
+    def start_heartbeat(self, every_s: float) -> None:
+        """Re-send hello every `every_s` while the connection lives: hud's client does, as
+        idle control connections were reset after ≈ 350 s on some substrates. A timer,
+        not a sleeping task: most rollouts end long before the first beat (hot path)."""
+        loop = asyncio.get_running_loop()
+        self._heartbeat_timer = loop.call_later(every_s, self._beat, every_s)
+
+    def _beat(self, every_s: float) -> None:
+        self._heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeat(every_s))
+
     async def _heartbeat(self, every_s: float) -> None:
-        # hud's client re-sends hello with its own session id: idle control connections
-        # were reset after ≈ 350 s on some substrates.
-        while True:
-            await asyncio.sleep(every_s)
-            with contextlib.suppress(WireError):
-                await self.call("hello", {"session_id": self.session_id}, self.call_timeout_s)
+        with contextlib.suppress(WireError):
+            await self.call("hello", {"session_id": self.session_id}, self.call_timeout_s)
+        if self._broken is None and not self._closed:
+            self.start_heartbeat(every_s)

@@ -116,6 +116,9 @@ class RolloutWorkerImpl:
                 clocks[key] = runner.clock_started
                 self._clocks_sent.add(key)
         warm = self.pool.counts() if self.pool is not None else {}
+        if rows:  # the gauge once per reply, not once per row (hot path)
+            record_live(self.worker_id, self.provider.name,
+                        len(self._running) + sum(warm.values()))
         return {"rows": rows, "phases": phases, "clocks": clocks, "warm": warm}
 
     def _start_ticker(self) -> None:
@@ -162,8 +165,6 @@ class RolloutWorkerImpl:
         self._runners.pop(rollout.rollout_key, None)
         self._phases_sent.pop(rollout.rollout_key, None)
         self._clocks_sent.discard(rollout.rollout_key)
-        warm = sum(self.pool.counts().values()) if self.pool is not None else 0
-        record_live(self.worker_id, self.provider.name, len(self._running) + warm)
         self._wake.set()
 
     async def shutdown(self, timeout_s: float = 60.0) -> list[dict[str, Any]]:

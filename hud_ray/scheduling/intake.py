@@ -86,7 +86,10 @@ class IntakeMixin:
         return taken
 
     def _check_spec(self, rollout: Rollout) -> None:
-        spec = sandbox_spec(rollout, RolloutConfig(**self.config.rollout), 1.0)
+        config = getattr(self, "_spec_config", None)
+        if config is None:  # built once: this runs for every new rollout
+            config = self._spec_config = RolloutConfig(**self.config.rollout)
+        spec = sandbox_spec(rollout, config, 1.0)
         try:
             self.provider.check_spec(spec)
         except UnsupportedSpecError as exc:
