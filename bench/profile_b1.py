@@ -110,13 +110,23 @@ def profile(n: int, slots: int = 512, window_s: float = 8.0, **kwargs: Any) -> d
         pids = {"driver": os.getpid()}
         for w in sched.workers:
             pids[f"worker {w.index}"] = ray.get(w.actor.ping.remote())["pid"]
+        others = {p.pid: p.name() for p in psutil.Process().children(recursive=True)
+                  if p.pid not in pids.values()}
         tmp = Path(tempfile.mkdtemp(prefix="hud-ray-spy-"))
         done0, cpu0, t0 = sched._finished, _cpu(list(pids.values())), time.monotonic()
+        other0 = _cpu(list(others))
         spies = {name: _spy(pid, window_s, tmp / f"{pid}.txt") for name, pid in pids.items()}
         for spy in spies.values():
             spy.wait()
         cpu1, done1 = _cpu(list(pids.values())), sched._finished
+        other1 = _cpu(list(others))
         result.update(window_s=time.monotonic() - t0, rollouts=done1 - done0)
+        # Ray's own processes (raylet, GCS, agents, the governor actor): not sampled, but
+        # their CPU is part of the full path's cost.
+        by_name: collections.Counter[str] = collections.Counter()
+        for pid, name in others.items():
+            by_name[name] += other1.get(pid, 0.0) - other0.get(pid, 0.0)
+        result["other_processes_cpu_s"] = dict(by_name.most_common())
         for name, pid in pids.items():
             counts = _samples(tmp / f"{pid}.txt")
             result[name] = {"cpu_s": cpu1[pid] - cpu0[pid], "samples": dict(counts)}
@@ -135,8 +145,10 @@ def breakdown(result: dict[str, Any]) -> dict[str, float]:
     """ms of CPU per rollout by component, over every sampled process."""
     per: collections.Counter[str] = collections.Counter()
     k = max(1, result["rollouts"])
+    for name, cpu_s in result.get("other_processes_cpu_s", {}).items():
+        per[f"other process: {name}"] += 1000 * cpu_s / k
     for name, proc in result.items():
-        if not isinstance(proc, dict):
+        if not isinstance(proc, dict) or "samples" not in proc:
             continue
         python_s = sum(proc["samples"].values()) / RATE_HZ
         scale = min(1.0, proc["cpu_s"] / python_s) if python_s else 0.0
@@ -159,7 +171,7 @@ def main() -> None:
     print(f"{n} rollouts, {result['rate']:.0f}/s overall; window {result['window_s']:.1f} s, "
           f"{result['rollouts']} rollouts in it")
     for name, proc in result.items():
-        if isinstance(proc, dict):
+        if isinstance(proc, dict) and "cpu_s" in proc:
             print(f"  {name}: {1000 * proc['cpu_s'] / max(1, result['rollouts']):.3f} ms CPU "
                   "per rollout")
     print("| component | CPU ms per rollout | share |\n|---|---|---|")
