@@ -11,12 +11,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from hud_ray.pool import shutdown, worker_pool
+
 from .baselines import actor_per_sandbox, hud_style, ray_data
 from .common import Bench, Poller, Row, first_file_at, loadavg
 from .runners import first_finished, hud_ray_run
 from .workloads import RUN_ID, heavy_tail, rollouts, sim_tasks
 
-TARGET_SLACK_S = 0.5
+COLD_TARGET_S = 1.2  # issue 15: a cold run's lag (new workers)
+SECOND_TARGET_S = 0.5  # issue 15: a second run's first row after its first rollout ends
+SECOND_RUN = "hud_ray, second run (workers kept)"
 
 
 def run(out: Path, quick: bool) -> Bench:
@@ -27,7 +31,8 @@ def run(out: Path, quick: bool) -> Bench:
     tasks = sim_tasks(n)
     rs = rollouts(tasks)
     bench = Bench("B4", "time to first Parquet row", "first row - first rollout's duration",
-                  f"hud_ray ≤ first rollout's duration + {TARGET_SLACK_S} s",
+                  f"cold run: lag ≤ {COLD_TARGET_S} s; second run (workers kept): first row "
+                  f"≤ {SECOND_TARGET_S} s after its first rollout ends",
                   params={"rollouts": n, "slots": slots, "sim": options})
 
     def add(name: str, first_row_s: float | None, rows: list, load0: float, called_at: float,
@@ -53,13 +58,21 @@ def run(out: Path, quick: bool) -> Bench:
     add("hud_ray", res["first_row_s"], res["rows"], load0, called,
         note="first part file on disk", first_batch_s=res["first_batch_s"] or 0.0,
         makespan_s=res["wall_s"])
-    # A notebook's second run: the account's governor (a detached actor) is already up, as
-    # it is for every run after the first on an account; only the workers start.
-    again = {**options, "account": res["account"]}
+    # A notebook's second run, same provider configuration: the workers of the first run
+    # were kept (hud_ray.pool) and serve it, the account's governor is up too.
+    same = {**options, "account": res["account"]}
     load0, called = loadavg(), time.time()
-    res = hud_ray_run(tasks, slots, again, out / "b4" / "hud_ray_again")
-    add("hud_ray (account's governor already up)", res["first_row_s"], res["rows"], load0,
-        called, note="second run on the same account", makespan_s=res["wall_s"])
+    res = hud_ray_run(tasks, slots, same, out / "b4" / "hud_ray_second")
+    add(SECOND_RUN, res["first_row_s"], res["rows"], load0, called,
+        note="workers kept from the first run", makespan_s=res["wall_s"],
+        workers_reused=float(worker_pool().reused))
+    # The same account with its governor up, but new workers (what every run paid before
+    # workers were kept): hud_ray.shutdown() ends the kept ones first.
+    shutdown()
+    load0, called = loadavg(), time.time()
+    res = hud_ray_run(tasks, slots, same, out / "b4" / "hud_ray_again")
+    add("hud_ray (governor up, new workers)", res["first_row_s"], res["rows"], load0,
+        called, note="after hud_ray.shutdown()", makespan_s=res["wall_s"])
     if not quick:
         load0, called = loadavg(), time.time()
         res = hud_ray_run(tasks, slots, options, out / "b4" / "hud_ray_flush0", flush_s=0.0)
@@ -99,16 +112,21 @@ def run(out: Path, quick: bool) -> Bench:
             continue
         a, b = row.extra.get("first_row_s"), ours.extra.get("first_row_s")
         row.ratio = a / b if a and b else None  # >1: hud_ray's first row came sooner
-    bench.met = ours.value is not None and ours.value <= TARGET_SLACK_S
-    again = bench.rows[1]
+    second = next(r for r in bench.rows if r.contender == SECOND_RUN)
+    again = next(r for r in bench.rows if r.contender.startswith("hud_ray (governor up"))
+    after_finish = second.extra.get("first_row_after_its_finish_s")
+    bench.met = (ours.value is not None and ours.value <= COLD_TARGET_S
+                 and after_finish is not None and after_finish <= SECOND_TARGET_S)
     bare = next(r for r in bench.rows if r.contender.startswith("reference"))
-    bench.verdict = (f"hud_ray's first row on disk {ours.extra['first_row_s']:.2f} s after the "
-                     f"call; the first rollout took {ours.extra['first_rollout_total_s']:.2f} s "
-                     f"(lag {_s(ours.value)}, of which "
+    bench.verdict = (f"cold: hud_ray's first row on disk {ours.extra['first_row_s']:.2f} s after "
+                     f"the call; the first rollout took {ours.extra['first_rollout_total_s']:.2f} "
+                     f"s (lag {_s(ours.value)}, target ≤ {COLD_TARGET_S} s; of it "
                      f"{ours.extra.get('first_rollout_started_after_s', 0):.2f} s before it "
                      f"started: planning, and Ray starting the worker actors — bare actors "
-                     f"alone took {_s(bare.value)}). With the account's governor already "
-                     f"up: lag {_s(again.value)}.")
+                     f"alone took {_s(bare.value)}). Second run with the workers kept: lag "
+                     f"{_s(second.value)}, first row {_s(after_finish)} after its first rollout "
+                     f"ended (target ≤ {SECOND_TARGET_S} s). Governor up but new workers: "
+                     f"lag {_s(again.value)}.")
     return bench
 
 

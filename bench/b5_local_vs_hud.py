@@ -28,7 +28,8 @@ from .runners import hud_ray_run, statuses
 
 ENV_FILE = REPO / "bench" / "envs" / "hud_count.py"
 HUD_TASKSET = REPO / "bench" / "baselines" / "hud_taskset.py"
-TARGET_SPEEDUP = 10.0
+TARGET_SPEEDUP = 40.0  # issue 15, item 3: on the first run of a session
+SECOND_RUN = "hud_ray local + zygote, second run (worker kept)"
 HUD_ENV = {"HUD_API_KEY": "", "HUD_CLI_ANALYTICS_ENABLED": "false",
            "HUD_FILE_TRACKING_ENABLED": "false"}
 
@@ -71,7 +72,8 @@ def run(out: Path, quick: bool) -> Bench:
     slots = 8
     hud_python, why = find_hud_python()
     bench = Bench("B5", "local provider vs hud's Taskset.run (real hud env)",
-                  "wall for all rollouts", f"hud_ray ≥ {TARGET_SPEEDUP:.0f}x faster than hud",
+                  "wall for all rollouts",
+                  f"hud_ray ≥ {TARGET_SPEEDUP:.0f}x faster than hud (first run)",
                   params={"rollouts": n, "slots": slots, "env": str(ENV_FILE.relative_to(REPO)),
                           "hud_python": hud_python})
     if hud_python is None:
@@ -85,7 +87,10 @@ def run(out: Path, quick: bool) -> Bench:
     variants: list[tuple[str, dict[str, Any]]] = [("hud_ray local", {})]
     if "zygote" in LocalProvider.Options.model_fields:
         # the option defaults to on: the plain row must turn it off explicitly
+        # The same configuration twice: the second run takes the first one's worker, its
+        # zygote (hud's server imported, the env loaded) included (hud_ray.pool).
         variants = [("hud_ray local + zygote", {"zygote": True}),
+                    (SECOND_RUN, {"zygote": True}),
                     ("hud_ray local, zygote=false", {"zygote": False})]
     else:
         bench.notes.append("the local provider has no `zygote` option yet: hud_ray pays a "
@@ -104,19 +109,41 @@ def run(out: Path, quick: bool) -> Bench:
                               note=f"{rewarded}/{n} rewarded",
                               extra={"statuses": statuses(res["rows"]),
                                      "first_row_s": res["first_row_s"],
-                                     "driver_cpu_s": res["driver_cpu_s"]}))
+                                     "driver_cpu_s": res["driver_cpu_s"],
+                                     **_phase_means(res["rows"])}))
 
     load0 = loadavg()
     hud = _hud_side(hud_python, n, slots)
     bench.rows.append(Row("hud Taskset.run + SubprocessRuntime", hud["wall_s"], "s",
                           load=(load0, loadavg()), note=f"{hud['rewarded']}/{hud['runs']} "
                           "rewarded; timed inside, hud's import excluded", extra=hud))
-    best = min(bench.rows[:-1], key=lambda r: r.value)
-    for row in bench.rows:
-        if row is not best:
-            row.ratio = row.value / best.value  # >1: hud_ray's best is faster
-    speedup = hud["wall_s"] / best.value
+    cold = bench.rows[0]
+    for row in bench.rows[:-1]:
+        if row is not cold:
+            row.ratio = row.value / cold.value  # >1: slower than the cold zygote run
+    hud_row = bench.rows[-1]
+    hud_row.ratio = hud["wall_s"] / cold.value
+    speedup = hud["wall_s"] / cold.value
+    second = next((r for r in bench.rows if r.contender == SECOND_RUN), None)
     bench.met = speedup >= TARGET_SPEEDUP
-    bench.verdict = f"{best.contender}: {best.value:.1f} s vs hud {hud['wall_s']:.1f} s → " \
-                    f"{speedup:.1f}x."
+    bench.verdict = (f"{cold.contender}: {cold.value:.1f} s vs hud {hud['wall_s']:.1f} s → "
+                     f"{speedup:.1f}x (first run in the session; its first rollout waited "
+                     f"{cold.extra.get('provision_s_max', 0):.1f} s for the zygote to import "
+                     "hud and load the env).")
+    if second is not None:
+        bench.verdict += (f" Second run, worker and zygote kept: {second.value:.1f} s → "
+                          f"{hud['wall_s'] / second.value:.1f}x.")
     return bench
+
+
+def _phase_means(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Where a rollout's time went: mean per phase, and the slowest provision (the one
+    that started the zygote)."""
+    out: dict[str, float] = {}
+    for phase in ("provision_s", "ready_s", "start_s", "agent_s", "grade_s", "teardown_s"):
+        values = [r[phase] for r in rows if isinstance(r.get(phase), int | float)]
+        if values:
+            out[f"{phase}_mean"] = sum(values) / len(values)
+            if phase == "provision_s":
+                out["provision_s_max"] = max(values)
+    return out

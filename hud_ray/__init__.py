@@ -19,6 +19,7 @@ _LAZY = {
     "Task": "hud_ray.tasks",
     "load_tasks": "hud_ray.tasks",
     "run_rollout": "hud_ray.rollout",
+    "shutdown": "hud_ray.pool",
 }
 
 __all__ = [*_LAZY, "__version__"]

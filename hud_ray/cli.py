@@ -1,4 +1,4 @@
-"""`hud-ray run | demo | report | reap | image build` — the command line.
+"""`hud-ray run | demo | report | view | reap | image build` — the command line.
 
 `run` prints the run directory on its last line, so scripts can do
 `RUN=$(hud-ray run ... | tail -1)`. Every bad input ends in one line
@@ -167,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="summarise a run directory")
     report.add_argument("run_dir")
     report.add_argument("--json", action="store_true")
+    view = sub.add_parser("view", help="a live web viewer over run directories")
+    view.add_argument("paths", nargs="*", default=["runs"], metavar="RUNS_DIR|RUN_DIR")
+    view.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    view.add_argument("--host", default="127.0.0.1",
+                      help="any host but loopback requires the token it prints")
+    view.add_argument("--export", default=None, metavar="DIR",
+                      help="write a static bundle to DIR (opens from disk) instead of serving")
     reap = sub.add_parser("reap", help="destroy sandboxes a crashed run left behind")
     reap.add_argument("--provider", default=None, help="one provider (default: every one)")
     reap.add_argument("--provider-opt", action="append", default=[], metavar="KEY=VALUE")
@@ -373,6 +380,10 @@ def main(argv: list[str] | None = None) -> int:
 
             print(report_run(args.run_dir, as_json=args.json))
             return 0
+        if args.command == "view":
+            from hud_ray.view.cli import cmd_view
+
+            return cmd_view(args)
         if args.command == "reap":
             return cmd_reap(args)
         if args.command == "image":

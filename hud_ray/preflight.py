@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,26 @@ def check_settings(
                          f"(0% to 100%), got {max_failure_fraction!r}")
     if warm is not None and not (_is_number(warm) and math.isfinite(warm) and warm >= 0):
         raise ValueError(f"warm (--warm) must be a number >= 0, got {warm!r}")
+    keep_workers_s()
+
+
+KEEP_WORKERS_ENV = "HUD_RAY_KEEP_WORKERS_S"
+DEFAULT_KEEP_WORKERS_S = 300.0
+
+
+def keep_workers_s() -> float:
+    """How long a worker is kept idle for the next run (hud_ray.pool); 0 = not kept."""
+    text = os.environ.get(KEEP_WORKERS_ENV, "").strip()
+    if not text:
+        return DEFAULT_KEEP_WORKERS_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{KEEP_WORKERS_ENV}={text!r}: expected seconds >= 0 to keep idle "
+                         "workers for the next run (0 = end them with each run)")
+    return value
 
 
 def check_governor(governor: Any) -> None:

@@ -32,6 +32,7 @@ from ray.exceptions import RayActorError
 from hud_ray.incarnation import driver_identity, new_incarnation
 from hud_ray.inflight import Flight, WorkerSlot
 from hud_ray.leftovers import sweep_leftovers
+from hud_ray.pool import worker_pool
 from hud_ray.results import ResultWriter
 from hud_ray.rollout import RolloutConfig
 from hud_ray.scheduling.deadlines import (
@@ -136,6 +137,7 @@ class Scheduler(IntakeMixin, OutcomesMixin, DeadlinesMixin, WorkersMixin):
         self.rollout_config = RolloutConfig(**{
             **config.rollout, "run_id": config.run_id, "incarnation": self.incarnation,
             "driver": self.driver})
+        self._pool = worker_pool()  # workers kept across runs (hud_ray/pool.py)
 
     # --- public --------------------------------------------------------------------------
     def run(self) -> Iterator[pa.RecordBatch]:

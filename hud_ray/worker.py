@@ -53,26 +53,41 @@ class RolloutWorkerImpl:
         os.environ.update(env_vars or {})
         install_log_scrubber(run_scrubber(provider_options, env_vars or {}))
         self.worker_id = worker_id
-        self.slots = slots
         self.node_id = _node_id()
-        self.provider = get_provider(provider, **provider_options)
+        self.provider_name = provider
+        self.provider_options = provider_options
+        self.env_vars = env_vars
+        # Kept across runs (hud_ray.pool): the provider instance is what a fresh worker
+        # pays for (a local zygote with the env imported, SDK clients and connections).
+        self.raw_provider = get_provider(provider, **provider_options)
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._ticker: asyncio.Task[None] | None = None
+        self._begin(agent, rollout_config, slots, governor_policy, warm_depth)
+
+    def _begin(self, agent: Any, rollout_config: dict[str, Any], slots: int,
+               governor_policy: dict[str, Any] | None, warm_depth: int) -> None:
+        """Everything that belongs to one run: nothing of an earlier run survives it."""
+        self.slots = slots
+        self.provider = self.raw_provider
         if governor_policy is not None:
             from hud_ray.governor import GovernedProvider, GovernorClient, get_governor
 
-            # The driver already applied the run's policy; a worker only finds the actor.
-            governor = get_governor(self.provider, provider_options, governor_policy, env_vars,
-                                    apply_policy=False)
+            # The driver already applied the run's policy; a worker only finds the actor
+            # (found again each run: the detached governor may have been restarted since).
+            governor = get_governor(self.raw_provider, self.provider_options, governor_policy,
+                                    self.env_vars, apply_policy=False)
             self.provider = GovernedProvider(
-                self.provider, GovernorClient(governor, worker_id), worker_id, self.node_id)
+                self.raw_provider, GovernorClient(governor, self.worker_id), self.worker_id,
+                self.node_id)
         # One agent, or one per sweep variant ({variant: spec}).
         specs = agent if isinstance(agent, dict) else {None: agent}
         self.agents = {variant: resolve_agent(spec) for variant, spec in specs.items()}
-        self.base_config = RolloutConfig(**{**rollout_config, "worker_id": worker_id})
+        self.base_config = RolloutConfig(**{**rollout_config, "worker_id": self.worker_id})
         self.pool: WarmPool | None = None
         if warm_depth > 0:
-            labels = warm_labels(self.base_config, worker_id)
-            self.pool = WarmPool(self.provider, self.base_config, warm_depth, labels, worker_id)
-        self._running: dict[str, asyncio.Task[None]] = {}
+            labels = warm_labels(self.base_config, self.worker_id)
+            self.pool = WarmPool(self.provider, self.base_config, warm_depth, labels,
+                                 self.worker_id)
         self._runners: dict[str, RolloutRunner] = {}
         self._phases_sent: dict[str, str] = {}
         self._done: list[dict[str, Any]] = []
@@ -80,7 +95,17 @@ class RolloutWorkerImpl:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tick = time.monotonic()  # the main loop's last sign of life (see watch)
-        self._ticker: asyncio.Task[None] | None = None
+
+    async def begin_run(self, agent: Any, rollout_config: dict[str, Any], slots: int,
+                        governor_policy: dict[str, Any] | None,
+                        warm_depth: int) -> dict[str, Any]:
+        """A kept worker takes its next run (hud_ray.pool); it must hold nothing of the
+        last one (`end_run` left no rollout running, no warm sandbox)."""
+        if self._running:
+            raise RuntimeError(f"worker {self.worker_id} still runs {len(self._running)} "
+                               "rollouts of an earlier run")
+        self._begin(agent, rollout_config, slots, governor_policy, warm_depth)
+        return await self.ping()
 
     async def step(self, items: list[WorkItem], wait_s: float,
                    drain: bool = False) -> dict[str, Any]:
@@ -116,9 +141,6 @@ class RolloutWorkerImpl:
                 clocks[key] = runner.clock_started
                 self._clocks_sent.add(key)
         warm = self.pool.counts() if self.pool is not None else {}
-        if rows:  # the gauge once per reply, not once per row (hot path)
-            record_live(self.worker_id, self.provider.name,
-                        len(self._running) + sum(warm.values()))
         return {"rows": rows, "phases": phases, "clocks": clocks, "warm": warm}
 
     def _start_ticker(self) -> None:
@@ -146,29 +168,46 @@ class RolloutWorkerImpl:
     async def _run(self, rollout: Rollout, attempt: int) -> None:
         config = self.base_config.model_copy(update={"attempt": attempt, "node_id": self.node_id})
         prepared = None
-        if self.pool is not None and attempt == 1:  # a retry gets a fresh, cold sandbox
-            prepared = await self.pool.take(rollout)
-        agent = self.agents.get(rollout.variant) or self.agents[next(iter(self.agents))]
-        runner = RolloutRunner(rollout, agent, self.provider, config, prepared)
-        self._runners[rollout.rollout_key] = runner
         try:
-            result = await runner.run()
-        except asyncio.CancelledError:
-            result = runner.result_as(Status.CANCELLED, "cancelled: the run is shutting down")
-        except Exception as exc:  # a bug in our own code: still a row, never lost
-            result = runner.result_as(Status.INFRA_ERROR, f"worker error: {type(exc).__name__}: {exc}")
-        row = result.to_row()
-        record_row(row)
-        row["_fatal"] = result.fatal
-        self._done.append(row)
-        self._running.pop(rollout.rollout_key, None)
-        self._runners.pop(rollout.rollout_key, None)
-        self._phases_sent.pop(rollout.rollout_key, None)
-        self._clocks_sent.discard(rollout.rollout_key)
+            if self.pool is not None and attempt == 1:  # a retry gets a fresh, cold sandbox
+                prepared = await self.pool.take(rollout)
+            agent = self.agents.get(rollout.variant) or self.agents[next(iter(self.agents))]
+            runner = RolloutRunner(rollout, agent, self.provider, config, prepared)
+            self._runners[rollout.rollout_key] = runner
+            try:
+                result = await runner.run()
+            except asyncio.CancelledError:
+                result = runner.result_as(Status.CANCELLED, "cancelled: the run is shutting down")
+            except Exception as exc:  # a bug in our own code: still a row, never lost
+                result = runner.result_as(Status.INFRA_ERROR,
+                                          f"worker error: {type(exc).__name__}: {exc}")
+            row = result.to_row()
+            record_row(row)
+            row["_fatal"] = result.fatal
+            self._done.append(row)
+        finally:
+            # Also when cancelled while waiting for a warm sandbox (no row: it never
+            # started): a kept worker must end its run holding no rollout (hud_ray.pool).
+            self._running.pop(rollout.rollout_key, None)
+            self._runners.pop(rollout.rollout_key, None)
+            self._phases_sent.pop(rollout.rollout_key, None)
+            self._clocks_sent.discard(rollout.rollout_key)
+        warm = sum(self.pool.counts().values()) if self.pool is not None else 0
+        record_live(self.worker_id, self.provider.name, len(self._running) + warm)
         self._wake.set()
 
-    async def shutdown(self, timeout_s: float = 60.0) -> list[dict[str, Any]]:
-        """Cancel every rollout (each tears its sandbox down), return their rows."""
+    async def cancel(self, keys: list[str]) -> int:
+        """Cancel these rollouts (a trainer cancelled their group): each tears its sandbox
+        down and ends as a `cancelled` row in the next `step` reply. Returns how many ran."""
+        tasks = [self._running[key] for key in keys if key in self._running]
+        for task in tasks:
+            task.cancel()
+        return len(tasks)
+
+    async def end_run(self, timeout_s: float = 60.0) -> dict[str, Any]:
+        """End this run here: cancel every rollout (each tears its sandbox down), free
+        the warm sandboxes; the rows, and whether the worker is clean to keep (no rollout
+        outlived `timeout_s`). The provider stays open for the next run."""
         tasks = list(self._running.values())
         for task in tasks:
             task.cancel()
@@ -178,10 +217,16 @@ class RolloutWorkerImpl:
             await asyncio.wait(tasks, timeout=timeout_s)
         if self.pool is not None:
             await self.pool.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.provider.close(), timeout_s)
         rows, self._done = self._done, []
-        return rows
+        return {"rows": rows, "clean": not self._running}
+
+    async def shutdown(self, timeout_s: float = 60.0) -> list[dict[str, Any]]:
+        """End the run and close the provider (the worker is about to be killed)."""
+        try:
+            return (await self.end_run(timeout_s))["rows"]
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.raw_provider.close(), timeout_s)
 
     async def ping(self) -> dict[str, Any]:
         return {"worker_id": self.worker_id, "node_id": self.node_id, "pid": os.getpid(),

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import ast
 import re
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 ServerKind = Literal["hud", "envkit"]
+_PARSE_LOCK = threading.Lock()
 
 COMMANDS: dict[ServerKind, str] = {
     "envkit": "{python} -m hud_ray.envkit {env_file} --host 127.0.0.1 --port 0",
@@ -22,10 +25,37 @@ COMMANDS: dict[ServerKind, str] = {
 }
 
 
+@dataclass(frozen=True)
+class ZygoteRecipe:
+    """How the local provider's fork server (zygote.py) stands in for a server command,
+    passed to it as data (it imports nothing of hud_ray, nor of providers).
+
+    `preload`: modules imported before the env file, shared copy-on-write by every fork
+    (what each fresh server would import again). `prepare`: `module:function` called as
+    `function(env_file, env_name, host)` that loads the env and returns the call each
+    forked child serves with; None = hud's own server, whose loading the zygote knows."""
+
+    preload: tuple[str, ...] = ()
+    prepare: str | None = None
+
+    def argv(self) -> list[str]:
+        args = [f"--preload={name}" for name in self.preload]
+        return args + ([f"--prepare={self.prepare}"] if self.prepare else [])
+
+
+# Keyed by the module a server command runs (`python -m MODULE`).
+ZYGOTE_RECIPES: dict[str, ZygoteRecipe] = {
+    "hud_ray.envkit": ZygoteRecipe(prepare="hud_ray.envkit.__main__:zygote_prepare"),
+    "hud.environment.server": ZygoteRecipe(preload=("hud.environment.server",)),
+}
+
+
 def imported_roots(source: str) -> set[str]:
     """Dotted module names a file imports (`from a.b import c` -> `a.b`)."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
+    with _PARSE_LOCK:  # CPython 3.11's ast.parse is not thread-safe (two runs planned at once)
+        tree = ast.parse(source)
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:

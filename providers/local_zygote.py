@@ -29,7 +29,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from .env_server import start_failure_summary
+from .env_server import ZYGOTE_RECIPES, ZygoteRecipe, start_failure_summary
 from .errors import EnvStartError
 from .zygote import READY_LINE, ZygoteCommand, proc_gone, recognise
 
@@ -136,8 +136,9 @@ class Zygote:
     async def start(cls, cmd: ZygoteCommand, env: dict[str, str], cwd: str | None,
                     keep_lines: int) -> Zygote:
         ours, theirs = socket.socketpair()
-        argv = [cmd.python, str(ZYGOTE_PY), f"--fd={theirs.fileno()}", "--", "-m", cmd.module,
-                *cmd.module_args]
+        recipe = ZYGOTE_RECIPES.get(cmd.module, ZygoteRecipe())
+        argv = [cmd.python, str(ZYGOTE_PY), f"--fd={theirs.fileno()}", *recipe.argv(), "--",
+                "-m", cmd.module, *cmd.module_args]
         try:
             # Popen, not asyncio's subprocess: the zygote may outlive the event loop that
             # started it (a provider dropped without close), and an asyncio subprocess

@@ -1,9 +1,11 @@
 """Fork server for the `local` provider: import the env once, fork one env server per rollout.
 
 Started by `providers.local_zygote` with the env command's own python, as
-`<python> zygote.py --fd=N -- -m hud_ray.envkit|hud.environment.server ENV_FILE [ARGS]`
+`<python> zygote.py --fd=N [--preload M]... [--prepare M:F] -- -m MODULE ENV_FILE [ARGS]`
 (the real command after `--`, so `ps` shows what it serves — as do its children). It
-imports the env server module and loads the env file (the ≈1.7 CPU-seconds a fresh
+imports the modules its caller names (`--preload`, `--prepare`: data, from
+`env_server.ZYGOTE_RECIPES`; this file knows no server's internals but hud's) and loads
+the env file (the ≈1.7 CPU-seconds a fresh
 `python -m hud.environment.server` pays per rollout), prints `ZYGOTE_READY=<json>` and
 then serves fork requests on the inherited socket fd N (newline-delimited JSON):
 
@@ -145,15 +147,17 @@ def _hud_serve_as_module(script: str, args: list[str]) -> tuple[str, list[str]] 
 # --- the server (runs in the env's python) -------------------------------------------------
 
 
-def _preload(cmd: ZygoteCommand) -> Callable[[], object]:
-    """Import what the real entry point imports and load the env; returns its serve call."""
-    if cmd.kind == "envkit":
-        import asyncio
-
-        main = importlib.import_module("hud_ray.envkit.__main__")
-        env = main.load_environment(cmd.env_file, cmd.env_name)
-        # envkit's own entry point: SIGTERM/SIGINT cancel serving, exit code 0.
-        return lambda: asyncio.run(main._serve_until_signal(env, cmd.host, 0))
+def _preload(cmd: ZygoteCommand, preload: list[str], prepare: str | None) -> Callable[[], object]:
+    """Import what the caller named (`preload`: data, so this file knows no server's
+    internals but hud's), load the env; returns the call a forked child serves with."""
+    for name in preload:
+        importlib.import_module(name)
+    if prepare:
+        module, _, function = prepare.partition(":")
+        return getattr(importlib.import_module(module), function)(
+            cmd.env_file, cmd.env_name, cmd.host)
+    if cmd.kind != "hud":
+        raise Declined(f"no --prepare given for {cmd.module}")
     server = importlib.import_module("hud.environment.server")
     from hud.environment import load_environment
     from hud.utils.process import run_until_terminated
@@ -390,6 +394,11 @@ def _native_threads() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zygote.py", description=__doc__)
     parser.add_argument("--fd", type=int, required=True, help="inherited control socket")
+    parser.add_argument("--preload", action="append", default=[], metavar="MODULE",
+                        help="import before the env (shared by every fork); repeatable")
+    parser.add_argument("--prepare", default=None, metavar="MODULE:FUNCTION",
+                        help="FUNCTION(env_file, env_name, host) loads the env and returns "
+                        "the call a child serves with (default: hud's own server)")
     parser.add_argument("command", nargs="+", help="-m MODULE ARGS: the command to stand in for")
     args = parser.parse_args(argv)
     ctrl = socket.socket(fileno=args.fd)
@@ -401,11 +410,13 @@ def main(argv: list[str] | None = None) -> int:
     # (not this file's), sys.argv[0] the module's file.
     if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
         sys.path[0] = os.getcwd()
-    spec = importlib.util.find_spec(cmd.module + ".__main__" if cmd.kind == "envkit" else cmd.module)
+    spec = importlib.util.find_spec(cmd.module)
+    if spec is not None and spec.submodule_search_locations is not None:  # a package: -m runs
+        spec = importlib.util.find_spec(cmd.module + ".__main__")  # its __main__, as python does
     sys.argv = [spec.origin if spec and spec.origin else cmd.module, *cmd.module_args]
     cpu = time.process_time()
     try:
-        serve = _preload(cmd)  # another exception: traceback on stdout, exit 1 (the env's)
+        serve = _preload(cmd, args.preload, args.prepare)  # another exception: traceback on stdout, exit 1 (the env's)
     except Declined as exc:
         print(f"zygote: declining to fork this env: {exc}", flush=True)
         return EXIT_DECLINED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,11 @@ def _isolated_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("HUD_RAY_STATE_DIR", str(state))
     monkeypatch.setenv("RAY_AUTH_MODE", os.environ.get("RAY_AUTH_MODE", "disabled"))
     yield state
+    # Workers kept for a later run (hud_ray.pool) are keyed by this test's state dir, so
+    # no other test could reuse them: end them, with their providers' processes.
+    pool = sys.modules.get("hud_ray.pool")
+    if pool is not None:
+        pool.shutdown()
 
 
 @pytest.fixture

@@ -45,3 +45,6 @@ def test_bench_quick_b4_runs_every_contender(tmp_path):
     assert rows["hud_ray"]["value"] == pytest.approx(
         rows["hud_ray"]["extra"]["first_row_s"] - rows["hud_ray"]["extra"]["first_rollout_total_s"])
     assert "| B4 | hud_ray |" in (tmp_path / "results.md").read_text()
+    # The second run in the session took the first run's workers (hud_ray.pool).
+    (second,) = [r for r in b4["rows"] if "second run" in r["contender"]]
+    assert second["extra"]["workers_reused"] >= 1, second

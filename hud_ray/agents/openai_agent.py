@@ -35,7 +35,11 @@ from hud_ray.agents import AgentSpecError, Session
 SPEC_PREFIX = "openai:"
 SETTINGS = ("base_url", "api_key_env", "temperature", "top_p", "max_tokens", "max_turns",
             "system_prompt", "max_retries", "timeout_s", "return_token_ids", "logprobs",
-            "extra_body", "llm_limits")
+            "extra_body", "llm_limits", "policy")
+
+
+SAMPLING_KWARGS = ("temperature", "top_p", "max_tokens", "seed", "stop", "presence_penalty",
+                   "frequency_penalty")
 
 
 class ModelEndpointError(RuntimeError):
@@ -82,12 +86,15 @@ class OpenAIAgent:
 
             name = check_api_key_env(self.settings)
             key = os.environ[name] if name else os.environ.get("OPENAI_API_KEY") or "EMPTY"
+            http_client = governed_http_client(self.settings.get("base_url"), self.model,
+                                               self.llm_limits)
+            if self.settings.get("policy"):  # under an RL rollout source (hud_ray.rl.policy)
+                http_client = policy_http_client_for(self.settings["policy"], http_client)
             self._client = AsyncOpenAI(
                 api_key=key, base_url=self.settings.get("base_url"),
                 max_retries=int(self.settings.get("max_retries", 2)),
                 timeout=float(self.settings.get("timeout_s", 120.0)),
-                http_client=governed_http_client(self.settings.get("base_url"), self.model,
-                                                 self.llm_limits))
+                http_client=http_client)
         return self._client
 
     async def __call__(self, session: Session) -> Any:
@@ -119,6 +126,13 @@ class OpenAIAgent:
         if self.settings.get("logprobs"):
             kwargs["logprobs"] = True
         extra_body = dict(self.settings.get("extra_body") or {})
+        # An RL group's sampling parameters (hud_ray.rl), over the agent's own settings.
+        sampling = ((session.task.columns or {}).get("rl") or {}).get("sampling") or {}
+        for key, value in sampling.items():
+            if key in SAMPLING_KWARGS:
+                kwargs[key] = value
+            else:
+                extra_body[key] = value  # vLLM's own (top_k, min_p, ...)
         if self.settings.get("return_token_ids"):
             extra_body["return_token_ids"] = True
         if extra_body:
@@ -142,6 +156,8 @@ class OpenAIAgent:
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
             content=choice.message.content, finish_reason=choice.finish_reason,
+            policy_version=(getattr(response, "model_extra", None) or {}).get(
+                "hud_ray_policy_version"),
             tool_calls=[{"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
                         for c in message.get("tool_calls") or []] or None,
             **_token_data(response, choice))
@@ -159,6 +175,16 @@ def governed_http_client(base_url: str | None, model: str,
 
     return httpx.AsyncClient(transport=governed_transport(endpoint_key(base_url, model), limits),
                              timeout=None)
+
+
+def policy_http_client_for(name: str, governed: Any) -> Any:
+    """Model calls under the RL policy `name`, through the endpoint governor if any."""
+    import httpx
+
+    from hud_ray.rl.policy import policy_transport
+
+    inner = governed._transport if governed is not None else None
+    return httpx.AsyncClient(transport=policy_transport(name, inner), timeout=None)
 
 
 def _token_data(response: Any, choice: Any) -> dict[str, Any]:

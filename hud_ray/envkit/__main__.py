@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 
 from .loader import EnvLoadError, load_environment
 from .server import serve
@@ -27,6 +28,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"envkit: cannot load {args.path}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     return asyncio.run(_serve_until_signal(env, args.host, args.port))
+
+
+def zygote_prepare(path: str, name: str | None, host: str) -> Callable[[], int]:
+    """For the local provider's fork server (providers/zygote.py, told this name as data):
+    load the env once there; each forked child calls the result to serve it as `main`
+    does (SIGTERM/SIGINT end serving, exit code 0). A load error propagates: the fork
+    server reports it as the env's own start failure."""
+    env = load_environment(path, name)
+    return lambda: asyncio.run(_serve_until_signal(env, host, 0))
 
 
 async def _serve_until_signal(env, host: str, port: int) -> int:

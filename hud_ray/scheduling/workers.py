@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import uuid
 
 import ray
 
@@ -18,9 +17,9 @@ from hud_ray.inflight import (
     lost_sandbox_labels,
     reap_in_background,
 )
+from hud_ray.pool import WorkerRequest
 from hud_ray.rollout import warm_labels
 from hud_ray.schema import Status
-from hud_ray.worker import RolloutWorker
 
 log = logging.getLogger("hud_ray.scheduler")
 SLOT_RESOURCE = "sandbox_slots"
@@ -41,18 +40,16 @@ class WorkersMixin:
             self.workers.append(self._new_worker(i, base + (1 if i < extra else 0)))
 
     def _new_worker(self, index: int, slots: int) -> WorkerSlot:
-        worker_id = f"w{index}-{uuid.uuid4().hex[:6]}"
         # On a cluster that declares sandbox slots (cluster.yaml: `sandbox_slots`), workers
         # are placed by slots, not CPUs: a node holds as many sandboxes as it declares.
         resources = {SLOT_RESOURCE: slots} if self._cluster_has_slots() else {}
-        actor = RolloutWorker.options(
-            name=None, scheduling_strategy="SPREAD", num_cpus=0, resources=resources,
-            max_concurrency=max(8, slots * 2),
-        ).remote(
-            worker_id, self.config.provider, self.config.provider_options, self.config.agent,
-            self.rollout_config.model_dump(), slots, self.config.env_vars,
-            self.config.governor, math.ceil(slots * self.config.warm_per_slot),
-        )
+        # hud_ray.pool: a worker kept from an earlier run with the same provider config,
+        # else a new one.
+        actor, worker_id = self._pool.acquire(WorkerRequest(
+            self.config.provider, self.config.provider_options, self.config.env_vars,
+            resources, max_concurrency=max(8, slots * 2),
+            run=(self.config.agent, self.rollout_config.model_dump(), slots,
+                 self.config.governor, math.ceil(slots * self.config.warm_per_slot))), index)
         return WorkerSlot(index=index, actor=actor, slots=slots, worker_id=worker_id)
 
     def _cluster_has_slots(self) -> bool:
@@ -78,6 +75,7 @@ class WorkersMixin:
                 continue
             row = failure_row(flight, self.config, Status.INFRA_ERROR, reason)
             self._after_failure(flight.rollout, flight.attempt, row)
+        self._pool.discard(worker.worker_id)
         self._replacements += 1
         if self._replacements > self.config.max_worker_replacements:
             self._abort = f"{self._replacements} workers died; giving up (last: {error})"
@@ -102,22 +100,24 @@ class WorkersMixin:
             shown = ", ".join(slugs[:10]) + (f" (+{len(slugs) - 10} more)" if len(slugs) > 10 else "")
             log.warning("%d rollout(s) ran again because their task changed since they ran "
                         "under the same slug: %s", len(self.changed_slugs), shown)
-        refs = [w.actor.shutdown.remote() for w in self.workers]
+        refs = [w.actor.end_run.remote() for w in self.workers]
         ray.wait(refs, num_returns=len(refs), timeout=90)
+        returned: list[tuple[str, bool]] = []  # (worker id, clean: may serve the next run)
         for worker, ref in zip(self.workers, refs, strict=True):
             try:
-                rows = ray.get(ref, timeout=0)
+                reply = ray.get(ref, timeout=0)
             except Exception as exc:  # dead or stuck: what it held goes to the reaper
                 log.warning("worker %s shutdown: %s", worker.index, exc)
                 self._reap(list(worker.inflight.values()), worker)
+                returned.append((worker.worker_id, False))
                 continue
+            returned.append((worker.worker_id, reply["clean"]))
             if interrupted:
-                for row in rows:
+                for row in reply["rows"]:
                     if self._final(row):
                         self.sink.add(row)
                 self._reap(list(worker.inflight.values()))
-        for worker in self.workers:
-            ray.kill(worker.actor, no_restart=True)
+        self._pool.release(returned)  # clean ones are kept for the next run, others killed
         for thread in self._reapers:
             thread.join(timeout=60)
         if self.governor is not None:

@@ -54,12 +54,16 @@ def cli(*args: str, env: dict[str, str | None] | None = None, **kw) -> subproces
     )
 
 
-def env_server_pids(state_dir: Path) -> set[int]:
-    """PIDs of every live envkit server started by the local provider under `state_dir`."""
+def env_server_pids(state_dir: Path, zygotes: bool = True) -> set[int]:
+    """PIDs of every live envkit server started by the local provider under `state_dir`
+    (with the zygotes that fork them, unless `zygotes=False`: a worker kept for the next
+    run keeps its zygote, hud_ray.pool)."""
     pids = set()
     for proc in psutil.process_iter(["cmdline", "environ"]):
         try:
             cmd = proc.info["cmdline"] or []
+            if not zygotes and any(part.endswith("zygote.py") for part in cmd):
+                continue
             if "hud_ray.envkit" in cmd and (proc.info["environ"] or {}).get(
                 "HUD_RAY_STATE_DIR") == str(state_dir):
                 pids.add(proc.pid)

@@ -197,5 +197,6 @@ def test_ctrl_c_tears_down_in_flight_sandboxes(ray_local, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         stream.throw(KeyboardInterrupt)
-    wait_for(lambda: not env_server_pids(state), 30, "in-flight env servers to be torn down")
+    wait_for(lambda: not env_server_pids(state, zygotes=False), 30,
+             "in-flight env servers to be torn down")
     assert read_manifest(plan.run_dir)["state"] == "interrupted"

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+SAMPLING = ("temperature", "top_p", "top_k", "min_p", "max_tokens", "seed")
 Policy = Callable[[list[dict[str, Any]], list[dict[str, Any]]], dict[str, Any]]
 
 
@@ -52,9 +53,17 @@ def answer(text: str) -> dict[str, Any]:
 
 class ScriptedModel:
     def __init__(self, policy: Policy, model: str = "scripted-1",
-                 limit_per_s: int | None = None) -> None:
+                 limit_per_s: int | None = None,
+                 latency_s: Callable[[], float] | None = None) -> None:
         self.policy = policy
         self.model = model
+        # RL: the version of the weights being served (a trainer's test bumps it), reported
+        # in every reply as `weight_version`, and per request (policy version header, the
+        # weights' version when answered) in `served`; `latency_s()` is each reply's delay.
+        self.weight_version = 0
+        self.latency_s = latency_s
+        self.served: list[tuple[str | None, int]] = []
+        self.sampling_seen: list[dict[str, Any]] = []  # sampling parameters per request
         # 429 mode: more than `limit_per_s` requests in the last second get
         # `429 Too Many Requests` with `Retry-After: 1`, as a rate-limited API answers.
         self.limit_per_s = limit_per_s
@@ -109,6 +118,7 @@ class ScriptedModel:
         first_user = next((text_of(m) for m in messages if m.get("role") == "user"), "")
         decision = self.policy(messages, tools)
         with self._lock:
+            self.sampling_seen.append({k: request[k] for k in SAMPLING if k in request})
             self.requests += 1
             self.answered_at.append(time.monotonic())
             self.conversations[first_user].append(decision)
@@ -121,11 +131,14 @@ class ScriptedModel:
                               if isinstance(c["arguments"], str) else json.dumps(c["arguments"])}}
                 for c in decision["tool_calls"]]
             finish = "tool_calls"
+        if self.latency_s is not None:
+            time.sleep(self.latency_s())  # this request's own thread
         prompt_tokens = len(json.dumps(messages)) // 4
         choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
         reply: dict[str, Any] = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion",
             "created": 0, "model": request.get("model") or self.model, "choices": [choice],
+            "weight_version": self.weight_version,
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 7,
                       "total_tokens": prompt_tokens + 7},
         }
@@ -150,6 +163,13 @@ class ScriptedModel:
             def log_message(self, *args: Any) -> None:  # quiet
                 pass
 
+            def do_GET(self) -> None:
+                if not self.path.rstrip("/").endswith("/models"):
+                    self._send(404, {"error": {"message": f"no route {self.path}"}})
+                    return
+                self._send(200, {"object": "list", "data": [
+                    {"id": model.model, "object": "model", "owned_by": "scripted"}]})
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 if not self.path.rstrip("/").endswith("/chat/completions"):
@@ -162,6 +182,9 @@ class ScriptedModel:
                     return
                 try:
                     reply = model.respond(json.loads(body))
+                    with model._lock:
+                        model.served.append((self.headers.get("x-hud-ray-policy-version"),
+                                             reply["weight_version"]))
                 except Exception as exc:  # a policy bug shows up in the agent's error
                     self._send(500, {"error": {"message": f"{type(exc).__name__}: {exc}"}})
                     return

@@ -32,8 +32,9 @@ from hud_ray.schema import Status
 from hud_ray.tasks import Rollout, Task, expand, iter_tasks
 from hud_ray.wire import EnvClient
 from providers import LABEL_RUN, SandboxHandle, SandboxSpec, sandbox_name
+from providers.env_server import ZYGOTE_RECIPES
 from providers.local import LocalProvider
-from providers.zygote import recognise
+from providers.zygote import EXIT_DECLINED, recognise
 
 from ..fakes.procs import (
     DEMO_ENV,
@@ -312,8 +313,9 @@ def test_a_create_cancelled_then_closed_at_once_leaves_nothing_behind(tmp_path):
 def test_zygote_protocol_a_child_runs_only_once_told_to_and_outlives_its_zygote(tmp_path):
     ours, theirs = socket.socketpair()
     zygote = subprocess.Popen(
-        [PY, str(REPO / "providers" / "zygote.py"), f"--fd={theirs.fileno()}", "--",
-         "-m", "hud_ray.envkit", str(DEMO_ENV), "--port", "0"],
+        [PY, str(REPO / "providers" / "zygote.py"), f"--fd={theirs.fileno()}",
+         *ZYGOTE_RECIPES["hud_ray.envkit"].argv(), "--", "-m", "hud_ray.envkit", str(DEMO_ENV),
+         "--port", "0"],
         pass_fds=(theirs.fileno(),), stdout=subprocess.PIPE, text=True, cwd=REPO,
         start_new_session=True)
     theirs.close()
@@ -644,3 +646,17 @@ def test_hud_env_server_forked_from_a_zygote_runs_full_rollouts(tmp_path):
     assert zygote != os.getpid()
     wait_gone([*provider.pids, zygote], timeout_s=20)
     assert not list((tmp_path / "l").glob("*.json"))
+
+
+def test_zygote_declines_a_module_it_was_not_told_how_to_prepare(tmp_path):
+    # What to load is data from the caller (env_server.ZYGOTE_RECIPES): without it, the
+    # zygote knows only hud's own server, and says so instead of guessing.
+    ours, theirs = socket.socketpair()
+    done = subprocess.run(
+        [PY, str(REPO / "providers" / "zygote.py"), f"--fd={theirs.fileno()}", "--",
+         "-m", "hud_ray.envkit", str(DEMO_ENV), "--port", "0"],
+        pass_fds=(theirs.fileno(),), capture_output=True, text=True, cwd=REPO, timeout=60)
+    theirs.close()
+    ours.close()
+    assert done.returncode == EXIT_DECLINED, done.stdout + done.stderr
+    assert "no --prepare given for hud_ray.envkit" in done.stdout
