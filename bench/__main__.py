@@ -4,7 +4,8 @@ run; prints the table and writes bench/out/results.json and results.md.
 B1 dispatch · B2 makespan · B3 density · B4 time to first row · B5 local vs hud ·
 B6 docker provider ± warm-ahead vs local · B7 LLM-bound sweep (rate-limited endpoint,
 governor vs hud's Taskset.run) · B8 hud-ray view on 10k/100k-row runs · B9 RL rollout
-source vs a synchronous GRPO loop · B10 driver memory per million task rows.
+source vs a synchronous GRPO loop · B10 driver memory per million task rows · B11 scale:
+100,000 B1 rollouts on 3 raylets (rate flat, driver RSS, Parquet files).
 `--quick` scales sizes down ≈ 10x (a smoke run, not a measurement).
 """
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from .common import OUT, REPO, Bench
 
-ALL = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10")
+ALL = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11")
 
 
 def _prepare_env(out: Path) -> None:
@@ -51,12 +52,13 @@ def _runners() -> dict[str, Callable[[Path, bool], Bench]]:
         b8_viewer,
         b9_rl,
         b10_driver_memory,
+        b11_scale,
     )
 
     return {"B1": b1_dispatch.run, "B2": b2_makespan.run, "B3": b3_density.run,
             "B4": b4_first_row.run, "B5": b5_local_vs_hud.run, "B6": b6_docker.run,
             "B7": b7_llm_bound.run, "B8": b8_viewer.run, "B9": b9_rl.run,
-            "B10": b10_driver_memory.run}
+            "B10": b10_driver_memory.run, "B11": b11_scale.run}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hud_ray import compaction
 from hud_ray.incarnation import driver_identity, new_incarnation
 from hud_ray.redact import Scrubber
 from hud_ray.runlock import RunLock, RunLockedError
@@ -44,8 +45,11 @@ class RunDirError(ValueError):
 
 
 def parts(run_dir: str | Path) -> list[Path]:
-    """Part files in the order they were written (`part-NNNNN[-incarnation].parquet`)."""
-    return sorted((Path(run_dir) / PARTS_DIR).glob("part-*.parquet"), key=_part_order)
+    """Part files in the order they were written (`part-NNNNN[-incarnation].parquet`),
+    without those a compaction in progress has already merged into another."""
+    skip = compaction.replaced(Path(run_dir), PARTS_DIR)
+    return sorted((p for p in (Path(run_dir) / PARTS_DIR).glob("part-*.parquet")
+                   if p.name not in skip), key=_part_order)
 
 
 def _part_order(path: Path) -> tuple[int, str]:
@@ -82,8 +86,9 @@ def read_steps(run_dir: str | Path, columns: list[str] | None = None) -> pa.Tabl
 
     # A steps part counts once its rollouts part exists (written right after it): steps
     # of rows a crash lost between the two are rerun, and must not show up twice.
+    skip = compaction.replaced(Path(run_dir), PARTS_DIR)
     files = [f for f in sorted((Path(run_dir) / STEPS_DIR).glob("part-*.parquet"))
-             if (Path(run_dir) / PARTS_DIR / f.name).exists()]
+             if (Path(run_dir) / PARTS_DIR / f.name).exists() and f.name not in skip]
     if not files:
         table = step_schema().empty_table()
         return table.select(columns) if columns else table
@@ -248,6 +253,7 @@ class ResultWriter:
         self.counts: Counter[str] = Counter()
         self.rows_written = 0
         self.superseded = 0  # done rollouts rerun (task changed): their old rows are stale
+        self.own_parts: list[tuple[str, int]] = []  # (name, rows) this writer wrote
         self._prepare_dir(config, resume)
         # pyarrow's first Parquet write pays seconds of lazy setup; pay it off the
         # critical path so the first row lands as soon as the first rollout ends.
@@ -267,6 +273,10 @@ class ResultWriter:
         except RunLockedError as exc:
             raise RunDirError(str(exc)) from None
         try:
+            # A compaction a crash cut short: completed or undone before anything is read.
+            done = compaction.finish(self.run_dir, PARTS_DIR, STEPS_DIR)
+            if done:
+                log.warning("%s: an interrupted compaction was %s", self.run_dir, done)
             self._open_manifest(manifest_path, config, resume)
         except BaseException:
             self.lock.release()
@@ -339,11 +349,31 @@ class ResultWriter:
             self._step_buffer = []
         _write_atomically(pa.Table.from_batches([batch]), self.run_dir / PARTS_DIR / name)
         self._next_part += 1
+        self.own_parts.append((name, len(self._buffer)))
         self.rows_written += len(self._buffer)
         self._buffer = []
         self.write_manifest()
         self._written.append(batch)
         return batch
+
+    def compact(self) -> None:
+        """Merge this writer's parts into few (`hud_ray.compaction`): a long run ends as a
+        handful of files. A failure leaves the parts as they were (each one durable)."""
+        for names in compaction.plan(self.own_parts):
+            into = f"part-{self._next_part:05d}-{self.incarnation}.parquet"
+            try:
+                compaction.compact(self.run_dir, PARTS_DIR, STEPS_DIR, names, into,
+                                   self.schema, self.step_schema)
+            except (OSError, pa.ArrowException) as exc:
+                log.warning("%s: compaction skipped, parts kept as written (%s)",
+                            self.run_dir, _first_line(exc))
+                compaction.finish(self.run_dir, PARTS_DIR, STEPS_DIR)
+                return
+            self._next_part += 1
+            merged = set(names)
+            rows = sum(n for name, n in self.own_parts if name in merged)
+            self.own_parts = [p for p in self.own_parts if p[0] not in merged]
+            self.own_parts.append((into, rows))
 
     def take_batches(self) -> list[pa.RecordBatch]:
         """Batches written since the last call (what `stream_distributed` yields)."""
@@ -364,6 +394,7 @@ class ResultWriter:
 
     def close(self, state: str = "finished", **extra: Any) -> None:
         self.flush()
+        self.compact()
         if self.superseded:  # an old row and its rerun: count each rollout once
             statuses = read_results(self.run_dir, columns=["status"]).column("status")
             self.counts = Counter(statuses.to_pylist())

@@ -95,12 +95,17 @@ class RolloutResult(BaseModel):
 
     def to_row(self) -> dict[str, Any]:
         """The rollouts/ row; its typed steps ride along under `_steps` (for steps/)."""
-        row = self.model_dump(exclude={"fatal", "step_rows"})
-        row["status"] = self.status.value
+        # A shallow copy, not model_dump: every field is a plain value (no nested models),
+        # and the JSON columns are encoded right below (this runs once per rollout).
+        row = {k: getattr(self, k) for k in _ROW_FIELDS}
+        row["status"] = Status(self.status).value
         for key in ("args", "grade", "steps", "columns"):
             row[key] = None if row[key] is None else json.dumps(row[key], default=str)
         row["_steps"] = self.step_rows
         return row
+
+
+_ROW_FIELDS = tuple(k for k in RolloutResult.model_fields if k not in ("fatal", "step_rows"))
 
 
 def utcnow() -> datetime:

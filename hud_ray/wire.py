@@ -25,19 +25,20 @@ One rule maps them to a rollout's status, the same in every phase (`hello`, `tas
   accepted the connection and then never answered: a server that does not speak this
   protocol, or hangs, the same in every sandbox of its image.
 
-Framing and the error classes live in `hud_ray.wire_frames`; import them from here.
+Framing and the error classes live in `hud_ray.wire_frames`, the connection (request ids,
+reader task, heartbeat) in `hud_ray.wire_connection`, tunnels in `hud_ray.wire_tunnel`;
+import them from here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import math
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
+from hud_ray.wire_connection import EnvConnection
 from hud_ray.wire_frames import (
     FRAME_LIMIT_BYTES,
     FrameTooLarge,
@@ -48,50 +49,25 @@ from hud_ray.wire_frames import (
     UnencodableFrame,
     WireError,
     WireTimeout,
-    _restate,
     _short,
-    _unwrap,
     encode_frame,
     open_stream,
     parse_url,
     read_frame,
     uses_tls,
 )
+from hud_ray.wire_tunnel import Forwarder, TunnelForwarder, open_tunnel, splice
 
 __all__ = [
-    "FRAME_LIMIT_BYTES", "EnvClient", "FrameTooLarge", "NeverAnswered", "ProtocolError",
-    "RemoteError", "TransportError", "TunnelForwarder", "UnencodableFrame", "WireError",
+    "FRAME_LIMIT_BYTES", "EnvClient", "EnvConnection", "Forwarder", "FrameTooLarge",
+    "NeverAnswered", "ProtocolError", "RemoteError", "TransportError", "TunnelForwarder", "UnencodableFrame", "WireError",
     "WireTimeout", "encode_frame", "open_stream", "open_tunnel", "parse_url", "read_frame",
     "splice", "uses_tls",
 ]
 
 
-class EnvClient:
+class EnvClient(EnvConnection):
     """A control session with one env server. Build it with `await EnvClient.connect(...)`."""
-
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        *,
-        url: str,
-        preamble: bytes | None = None,
-        call_timeout_s: float = 60.0,
-    ) -> None:
-        self.url = url
-        self._preamble = preamble
-        self._reader = reader
-        self._writer = writer
-        self.call_timeout_s = call_timeout_s
-        self._ids = itertools.count(1)
-        self._pending: dict[int, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
-        self._write_lock = asyncio.Lock()
-        self._broken: WireError | None = None
-        self._reader_task = asyncio.create_task(self._read_loop())
-        self._heartbeat_task: asyncio.Task[None] | None = None
-        self.session_id: str | None = None
-        self.env_info: dict[str, Any] = {}
-        self.bindings: list[dict[str, Any]] = []
 
     # --- connection ------------------------------------------------------------------
     @classmethod
@@ -148,53 +124,10 @@ class EnvClient:
                     await client.close()
                 raise
             if heartbeat_s:
-                client._heartbeat_task = asyncio.create_task(client._heartbeat(heartbeat_s))
+                client.start_heartbeat(heartbeat_s)
             return client
 
-    @property
-    def preamble(self) -> bytes | None:
-        """Bytes sent first on every connection to this env (e.g. a token gate's secret)."""
-        return self._preamble
-
-    async def close(self) -> None:
-        """Drop the connection without ceremony (use `bye` for a polite goodbye)."""
-        for task in (self._heartbeat_task, self._reader_task):
-            if task is not None and task is not asyncio.current_task():
-                task.cancel()
-        self._fail_pending(TransportError("client closed"))
-        self._writer.close()
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(1.0):
-                await self._writer.wait_closed()
-
     # --- calls -----------------------------------------------------------------------
-    async def call(
-        self, method: str, params: dict[str, Any] | None = None, timeout_s: float | None = None
-    ) -> dict[str, Any]:
-        if self._broken is not None:
-            raise _restate(self._broken, method)
-        request_id = next(self._ids)
-        frame = encode_frame(
-            {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or {}}
-        )
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = (method, future)
-        limit = self.call_timeout_s if timeout_s is None else timeout_s
-        try:
-            # asyncio.timeout, not wait_for: no task per call (this is the hot path).
-            async with asyncio.timeout(limit):
-                async with self._write_lock:
-                    self._writer.write(frame)
-                    await self._writer.drain()
-                reply = await future
-        except TimeoutError:
-            raise WireTimeout(f"{method}: no reply after {limit:.1f}s") from None
-        except (ConnectionError, OSError) as exc:
-            raise TransportError(f"{method}: connection broke: {exc!r}") from None
-        finally:
-            self._pending.pop(request_id, None)
-        return _unwrap(method, reply)
-
     async def hello(
         self, params: dict[str, Any] | None = None, timeout_s: float | None = None
     ) -> dict[str, Any]:
@@ -251,149 +184,3 @@ class EnvClient:
         forwarder = TunnelForwarder(self.url, capability, preamble=self._preamble)
         await forwarder.start(local_port)
         return forwarder
-
-    # --- internals -------------------------------------------------------------------
-    async def _read_loop(self) -> None:
-        try:
-            while True:
-                message = await read_frame(self._reader)
-                if message is None:
-                    raise TransportError("env closed the connection")
-                self._dispatch(message)
-        except WireError as exc:
-            self._broken = exc
-            self._fail_pending(exc)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # Never let the reader die silently: pending calls would wait out their timeouts.
-            self._broken = ProtocolError(f"reading replies failed: {type(exc).__name__}: {exc}")
-            self._fail_pending(self._broken)
-
-    def _dispatch(self, message: dict[str, Any]) -> None:
-        entry = self._pending.get(message.get("id"))  # type: ignore[arg-type]
-        if entry is None:
-            if message.get("id") is None and "error" in message:
-                # hud's server reports an oversized request with id null, then closes.
-                err = message["error"] or {}
-                exc = RemoteError("(request)", err.get("code", -32000), err.get("message", ""))
-                self._broken = exc
-                self._fail_pending(exc)
-            return  # a late reply to a call that already timed out
-        _, future = entry
-        if not future.done():
-            future.set_result(message)
-
-    def _fail_pending(self, exc: WireError) -> None:
-        for method, future in list(self._pending.values()):
-            if not future.done():
-                future.set_exception(_restate(exc, method))
-                # Retrieved here so an abandoned future never logs "never retrieved".
-                future.exception()
-
-    async def _heartbeat(self, every_s: float) -> None:
-        # hud's client re-sends hello with its own session id: idle control connections
-        # were reset after ≈ 350 s on some substrates.
-        while True:
-            await asyncio.sleep(every_s)
-            with contextlib.suppress(WireError):
-                await self.call("hello", {"session_id": self.session_id}, self.call_timeout_s)
-
-
-async def open_tunnel(
-    url: str, capability: str, *, preamble: bytes | None = None, timeout_s: float = 30.0
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Open one `tunnel.open` stream: first frame routes the connection, then raw bytes."""
-    host, port = parse_url(url)
-    reader, writer = await open_stream(host, port, preamble=preamble, timeout_s=timeout_s,
-                                       tls=uses_tls(url))
-    try:
-        writer.write(
-            encode_frame(
-                {"jsonrpc": "2.0", "id": 1, "method": "tunnel.open",
-                 "params": {"capability": capability}}
-            )
-        )
-        await writer.drain()
-        reply = await asyncio.wait_for(read_frame(reader), timeout_s)
-        if reply is None:
-            raise TransportError(f"tunnel.open {capability!r}: env closed the connection")
-        _unwrap("tunnel.open", reply)
-    except TimeoutError:
-        writer.close()
-        raise WireTimeout(f"tunnel.open {capability!r}: no reply after {timeout_s:.1f}s") from None
-    except BaseException:
-        writer.close()
-        raise
-    return reader, writer
-
-
-async def splice(
-    a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-) -> None:
-    """Copy bytes both ways until both sides hit EOF; close both writers."""
-
-    async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        try:
-            while chunk := await src.read(65536):
-                dst.write(chunk)
-                await dst.drain()
-            if dst.can_write_eof():
-                dst.write_eof()
-        except (ConnectionError, OSError):
-            pass
-
-    try:
-        await asyncio.gather(pump(a[0], b[1]), pump(b[0], a[1]))
-    finally:
-        for _, writer in (a, b):
-            writer.close()
-
-
-class TunnelForwarder:
-    """A local listener whose every connection becomes a `tunnel.open` stream."""
-
-    def __init__(self, url: str, capability: str, *, preamble: bytes | None = None) -> None:
-        self.url = url
-        self.capability = capability
-        self._preamble = preamble
-        self._server: asyncio.Server | None = None
-        self._conns: set[asyncio.Task[None]] = set()
-        self.port = 0
-
-    async def start(self, local_port: int = 0) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", local_port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._conns.add(task)
-            task.add_done_callback(self._conns.discard)
-        try:
-            remote = await open_tunnel(self.url, self.capability, preamble=self._preamble)
-        except (WireError, asyncio.CancelledError):
-            writer.close()
-            return
-        try:
-            await splice((reader, writer), remote)
-        except asyncio.CancelledError:
-            # close() ended a connection still open (the rollout is over). End quietly:
-            # asyncio (3.11) logs a cancelled client handler as an error with a traceback,
-            # once per open tunnel, on every provider.
-            return
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._conns):
-            task.cancel()
-        await asyncio.gather(*self._conns, return_exceptions=True)
-
-
-Forwarder = Callable[[str], Awaitable[TunnelForwarder]]

@@ -65,7 +65,7 @@ def snapshot(run_dir: Path) -> dict[str, bytes]:
 def refused(tmp_path: Path, run_dir: Path, *args: str, named: tuple[str, ...]) -> str:
     """`hud-ray run ... --out OUT --run-id ID` is refused and the run is left untouched."""
     before = snapshot(run_dir)
-    assert len(before) == 3  # manifest + two Parquet parts
+    assert len(before) == 2  # manifest + one Parquet part (two parts, compacted at close)
     done = hud_ray("run", *args, "--out", str(run_dir.parent), "--run-id", run_dir.name,
                    "--no-progress", cwd=tmp_path)
     line = assert_one_error(done, *named)

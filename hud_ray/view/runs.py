@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from hud_ray import compaction
 from hud_ray.results import (
     MANIFEST,
     PARTS_DIR,
@@ -96,8 +97,9 @@ class RunData:
     def step_files(self) -> list[Path]:
         """Steps parts that count: those whose rollouts part exists (as `read_steps`)."""
         steps = sorted((self.path / STEPS_DIR).glob("part-*.parquet"))
+        merged = compaction.replaced(self.path, PARTS_DIR)  # a merge at close, mid-way
         return [f for f in steps if (self.path / PARTS_DIR / f.name).exists()
-                and f.name not in self.unreadable_parts()]
+                and f.name not in self.unreadable_parts() and f.name not in merged]
 
     def state(self, manifest: dict[str, Any]) -> str:
         """running / finished / interrupted / crashed: a manifest still saying running
