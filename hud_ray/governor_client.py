@@ -6,6 +6,7 @@ from the provider it wraps."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -63,6 +64,21 @@ class GovernorClient:
         self._quota_errors += 1
         self._kick()
 
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Send what is still queued (the run's last destroys), then stop the pump: a kept
+        worker (hud_ray.pool) drops this client at its next run, and a pump still pending
+        then would be destroyed mid-flight."""
+        pump = self._pump
+        if pump is None or pump.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(pump), timeout_s)
+        except Exception as exc:  # governor gone or slow: the reaper covers the ledger
+            log.warning("governor client: last updates not sent (%s)", exc)
+            pump.cancel()
+            with contextlib.suppress(BaseException):
+                await pump
+
     def _kick(self) -> None:
         self._wake.set()
         if self._pump is None or self._pump.done():
@@ -88,7 +104,9 @@ class GovernorClient:
                 self._created[:0], self._destroyed[:0] = created, destroyed
                 self._quota_errors += quota
                 raise
-        waiting = [(e, f) for e, f in self._waiting if not f.done()]
+        # A request cancelled while it waited (its rollout ended) leaves the queue here;
+        # kept, it would keep the pump looping forever.
+        waiting = self._waiting = [(e, f) for e, f in self._waiting if not f.done()]
         if not waiting:
             return
         granted = await self.governor.acquire.remote(

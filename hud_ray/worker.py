@@ -217,6 +217,8 @@ class RolloutWorkerImpl:
             await asyncio.wait(tasks, timeout=timeout_s)
         if self.pool is not None:
             await self.pool.close()
+        if self.provider is not self.raw_provider:  # governed: flush, stop its pump
+            await self.provider.client.close()
         rows, self._done = self._done, []
         return {"rows": rows, "clean": not self._running}
 
