@@ -22,12 +22,14 @@ class FakeGovernor:
 
     def __init__(self) -> None:
         self.asks = 0
+        self.asked = asyncio.Event()
         self.updates: list[tuple] = []
         self.acquire = _Method(self._acquire)
         self.update = _Method(self._update)
 
     async def _acquire(self, worker_id, entries, wait_s):
         self.asks += 1
+        self.asked.set()
         return 0
 
     async def _update(self, created, destroyed, quota):
@@ -39,8 +41,7 @@ def test_a_cancelled_request_leaves_the_queue_and_the_pump_stops():
         governor = FakeGovernor()
         client = GovernorClient(governor, "w0", flush_s=0.01)
         waiter = asyncio.create_task(client.acquire({"name": "sb-1"}))
-        while governor.asks == 0:  # the pump has asked (and been refused) once
-            await asyncio.sleep(0.005)
+        await asyncio.wait_for(governor.asked.wait(), 5)  # asked once, refused
         waiter.cancel()
         client.destroyed("sb-0")  # the run's last destroy, still queued
         await asyncio.wait_for(client.close(), 5)
