@@ -103,7 +103,13 @@ def _async_loop(out: Path, steps: int, per_step: int, n: int, slots: int, train_
 
     top_up(0)
     trained = 0
-    for group in source:
+    while True:
+        # A ready group can go stale before it is taken (dropped, not handed out): with
+        # nothing left outstanding a blocking wait would never end, so top up and wait again.
+        group = source.next_group(timeout_s=1.0)
+        if group is None:
+            top_up(trained)
+            continue
         source.ack(group.group_id)
         trained += 1
         if trained % per_step == 0:
