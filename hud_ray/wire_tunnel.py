@@ -17,6 +17,7 @@ from hud_ray.wire_frames import (
     read_frame,
     uses_tls,
 )
+from providers.gate import splice  # the same byte pump the token gate uses
 
 
 async def open_tunnel(
@@ -47,27 +48,6 @@ async def open_tunnel(
     return reader, writer
 
 
-async def splice(
-    a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-) -> None:
-    """Copy bytes both ways until both sides hit EOF; close both writers."""
-
-    async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        try:
-            while chunk := await src.read(65536):
-                dst.write(chunk)
-                await dst.drain()
-            if dst.can_write_eof():
-                dst.write_eof()
-        except (ConnectionError, OSError):
-            pass
-
-    try:
-        await asyncio.gather(pump(a[0], b[1]), pump(b[0], a[1]))
-    finally:
-        for _, writer in (a, b):
-            writer.close()
 
 
 class TunnelForwarder:
