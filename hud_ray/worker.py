@@ -167,15 +167,21 @@ class RolloutWorkerImpl:
 
     async def _run(self, rollout: Rollout, attempt: int) -> None:
         config = self.base_config.model_copy(update={"attempt": attempt, "node_id": self.node_id})
-        prepared = None
+        prepared, cancelled = None, False
         try:
             if self.pool is not None and attempt == 1:  # a retry gets a fresh, cold sandbox
-                prepared = await self.pool.take(rollout)
+                try:
+                    prepared = await self.pool.take(rollout)
+                except asyncio.CancelledError:
+                    # Still a row: the driver counts this rollout in flight until one comes
+                    # (without it a cancelled group's run never ended).
+                    cancelled = True
             agent = self.agents.get(rollout.variant) or self.agents[next(iter(self.agents))]
             runner = RolloutRunner(rollout, agent, self.provider, config, prepared)
             self._runners[rollout.rollout_key] = runner
             try:
-                result = await runner.run()
+                result = (runner.result_as(Status.CANCELLED, "cancelled before its sandbox")
+                          if cancelled else await runner.run())
             except asyncio.CancelledError:
                 result = runner.result_as(Status.CANCELLED, "cancelled: the run is shutting down")
             except Exception as exc:  # a bug in our own code: still a row, never lost
@@ -186,8 +192,7 @@ class RolloutWorkerImpl:
             row["_fatal"] = result.fatal
             self._done.append(row)
         finally:
-            # Also when cancelled while waiting for a warm sandbox (no row: it never
-            # started): a kept worker must end its run holding no rollout (hud_ray.pool).
+            # A kept worker must end its run holding no rollout (hud_ray.pool).
             self._running.pop(rollout.rollout_key, None)
             self._runners.pop(rollout.rollout_key, None)
             self._phases_sent.pop(rollout.rollout_key, None)

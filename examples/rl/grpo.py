@@ -74,7 +74,10 @@ def main(argv: list[str] | None = None) -> Path:
     t0 = time.perf_counter()
     with metrics_path.open("w") as out:
         for step in range(args.steps):
-            batch = [source.next_group() for _ in range(args.groups)]
+            batch = []
+            while len(batch) < args.groups:
+                top_up()  # a group dropped as stale leaves a gap: refill before waiting
+                batch.append(source.next_group())
             rewards = [m.reward or 0.0 for g in batch for m in g.members]
             starts = [m.version_start for g in batch for m in g.members]
             adv = [a for g in batch for a in advantages([m.reward or 0.0 for m in g.members])]

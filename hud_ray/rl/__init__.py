@@ -17,7 +17,8 @@ _LAZY = {
     "Group": "hud_ray.rl.groups", "GroupRequest": "hud_ray.rl.groups",
     "Member": "hud_ray.rl.groups", "GroupRule": "hud_ray.rl.rules",
     "RolloutSource": "hud_ray.rl.source", "SourceClosedError": "hud_ray.rl.source",
-    "SourceFullError": "hud_ray.rl.source", "StalenessPolicy": "hud_ray.rl.staleness",
+    "SourceFullError": "hud_ray.rl.source", "SourceStarvedError": "hud_ray.rl.source",
+    "StalenessPolicy": "hud_ray.rl.staleness",
 }
 
 __all__ = list(_LAZY)

@@ -50,6 +50,12 @@ class SourceFullError(RuntimeError):
     """Too many groups submitted and not yet taken: the trainer must take some first."""
 
 
+class SourceStarvedError(RuntimeError):
+    """next_group() without a timeout, and no group is queued, running or ready: it would
+    wait forever (a trainer that submits only after taking groups, whose last groups were
+    dropped)."""
+
+
 class RolloutSource(GroupAssembly):
     """See the module doc. Thread-safe; the trainer side is `submit`, iteration /
     `next_group`, `ack`, `cancel`, `set_policy`, `close`."""
@@ -153,7 +159,12 @@ class RolloutSource(GroupAssembly):
 
     def next_group(self, timeout_s: float | None = None) -> Group | None:
         """The next complete group; None once the source is closed and everything is out
-        (or after `timeout_s` with nothing ready: check `closed`/`stats()` to tell)."""
+        (or after `timeout_s` with nothing ready: check `closed`/`stats()` to tell).
+
+        Without `timeout_s`, when no group is queued, running or ready it raises
+        `SourceStarvedError` rather than wait forever: groups can be dropped (staleness,
+        failure rule), so a trainer that submits only after taking must submit more first.
+        A trainer whose groups come from another thread's `submit()` passes `timeout_s`."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._cond:
             while True:
@@ -166,6 +177,8 @@ class RolloutSource(GroupAssembly):
                         return group
                 if self._closed and not self._thread.is_alive():
                     return None
+                if deadline is None and not self._closed and not self._live:
+                    raise SourceStarvedError(self._starved_message())
                 wait = None if deadline is None else deadline - time.monotonic()
                 if wait is not None and wait <= 0:
                     return None
@@ -283,6 +296,13 @@ class RolloutSource(GroupAssembly):
                     "taken": self._taken, "consumed": self.log.count("consumed"),
                     "dropped": self.log.count("dropped"),
                     "cancelled": self.log.count("cancelled"), **self.staleness.report()}
+
+    def _starved_message(self) -> str:
+        dropped = self.log.count("dropped")
+        return (f"next_group() would wait forever: no group is queued, running or ready "
+                f"({len(self.log.groups)} submitted, {self._taken} taken, {dropped} dropped "
+                f"— {self.staleness.dropped} as stale); submit() more groups first, or pass "
+                "timeout_s to wait for another thread's submit()")
 
     def _logged(self, group_id: str) -> LoggedGroup:
         logged = self.log.groups.get(group_id)

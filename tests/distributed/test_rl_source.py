@@ -12,7 +12,12 @@ import uuid
 import pytest
 
 from hud_ray.results import read_results
-from hud_ray.rl import RolloutSource, SourceClosedError, SourceFullError
+from hud_ray.rl import (
+    RolloutSource,
+    SourceClosedError,
+    SourceFullError,
+    SourceStarvedError,
+)
 from hud_ray.rl.group_log import GroupLog
 from providers.sim import sim_stats
 from tests.distributed.conftest import REPO, kill_tree, wait_for
@@ -98,8 +103,8 @@ def test_a_thousand_groups_never_exceed_the_staleness_bound(ray_local, tmp_path)
         if submitted < total:
             source.submit(_task(submitted, think_s=0.01), n=2)
             submitted += 1
-        elif not source.stats()["queued"] and not source.stats()["running"]:
-            source.close()
+            if submitted == total:  # the rest still finish; iteration ends after them
+                source.close(timeout_s=0)
     stats = source.stats()
     assert max(lags) <= 1 and stats["max_lag_emitted"] <= 1
     # Every group is accounted for: taken, or dropped as stale (counted, logged, reported).
@@ -155,6 +160,45 @@ def test_cancel_tears_down_a_running_group_and_a_worker_kill_keeps_one(ray_local
     assert any(r["attempts"] > 1 for r in rows), "the killed worker's members ran again"
     wait_for(lambda: sim_stats(account)["live"] == 0, 60, "0 sandboxes left in the sim")
     assert GroupLog(source.run_dir).groups[doomed].state == "cancelled"
+
+
+@pytest.mark.slow
+def test_close_with_cancel_ends_while_members_wait_for_warm_sandboxes(ray_local, tmp_path):
+    """A member waiting for a sandbox still warming is cancelled too: it ends as a row on
+    its worker, so the run ends (it used to be counted in flight forever)."""
+    account = f"rl-{uuid.uuid4().hex[:6]}"
+    # One warm sandbox ahead (0.125 x 8 slots); every sandbox takes 5 s to be ready.
+    source = _source(tmp_path, "coin_agent", account, concurrency=8, workers=1, warm=0.125,
+                     sim={"cold_start_s": "5"})
+    source.submit(_task(0, think_s=60), n=4)
+    # t=0: member 0 starts cold (the probe) and one warm-up; t=5: member 1 takes that
+    # warm sandbox and sets off the next, member 2 waits for it, member 3 goes cold
+    # with one more warm-up: 5 creates, and member 2 waits until t=10.
+    wait_for(lambda: sim_stats(account)["creates"] >= 5, 60, "5 sandboxes created")
+    source.close(cancel=True, timeout_s=60)
+    assert not source._thread.is_alive(), "close(cancel=True) did not end the run"
+    assert source.next_group(timeout_s=0) is None
+    assert read_results(source.run_dir).num_rows == 0  # cancelled rows are not written
+    wait_for(lambda: sim_stats(account)["live"] == 0, 60, "0 sandboxes left in the sim")
+
+
+def test_waiting_with_nothing_outstanding_is_an_error_not_a_hang(ray_local, tmp_path):
+    """A trainer that submits only after taking, whose last group was dropped (here by
+    its failure rule): next_group() says so instead of waiting forever."""
+    account = f"rl-{uuid.uuid4().hex[:6]}"
+    source = _source(tmp_path, "failing_member_agent", account, warm=0)
+    kept = source.submit(_task(0), n=2)
+    source.submit(_task(1, fail_index=0), n=2, rule={"on_agent_error": "drop_group"})
+    assert source.next_group().group_id == kept
+    wait_for(lambda: source.stats()["dropped"] == 1, 60, "the failing group dropped")
+    with pytest.raises(SourceStarvedError,
+                       match=r"no group is queued, running or ready \(2 submitted, 1 taken, "
+                             r"1 dropped"):
+        source.next_group()
+    assert source.next_group(timeout_s=0.1) is None  # with a timeout: just None
+    source.submit(_task(2), n=1)  # the source is still usable
+    assert source.next_group(timeout_s=60) is not None
+    source.close()
 
 
 def test_bad_inputs_each_get_one_clear_error(ray_local, tmp_path):

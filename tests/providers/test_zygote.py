@@ -34,6 +34,7 @@ from hud_ray.wire import EnvClient
 from providers import LABEL_RUN, SandboxHandle, SandboxSpec, sandbox_name
 from providers.env_server import ZYGOTE_RECIPES
 from providers.local import LocalProvider
+from providers.local_zygote import ForkedProcess
 from providers.zygote import EXIT_DECLINED, recognise
 
 from ..fakes.procs import (
@@ -75,6 +76,9 @@ def _nothing_left_behind(_isolated_state: Path):
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
+GONE_FORKED = -1  # the parent of a forked env that was gone before it could be asked
+
+
 class Recording(LocalProvider):
     """The real local provider; it also remembers each env server's PID and parent PID."""
 
@@ -86,7 +90,11 @@ class Recording(LocalProvider):
     async def create(self, spec: SandboxSpec, labels: dict[str, str]) -> SandboxHandle:
         handle = await super().create(spec, labels)
         self.pids.append(handle.data["pid"])
-        self.parents.append(psutil.Process(handle.data["pid"]).ppid())
+        try:
+            self.parents.append(psutil.Process(handle.data["pid"]).ppid())
+        except psutil.NoSuchProcess:  # exited and reaped already (an env that fails at once)
+            forked = isinstance(self._procs[handle.sandbox_id].process, ForkedProcess)
+            self.parents.append(GONE_FORKED if forked else os.getpid())
         return handle
 
 
