@@ -86,6 +86,9 @@ class RolloutSource(GroupAssembly):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
         self.max_ready = max_ready_groups
+        self.max_pause_s = max_pause_s
+        self._paused_at: float | None = None
+        self._long_pauses = 0  # pauses longer than max_pause_s (sandbox lifetimes budget)
         self.max_outstanding = max_outstanding_groups
         self._cond = threading.Condition()
         self._version = self._check_version(version, None)
@@ -252,12 +255,23 @@ class RolloutSource(GroupAssembly):
         if mode not in ("drain", "hold", "abort"):
             raise ValueError(f"pause mode must be 'drain', 'hold' or 'abort', got {mode!r}")
         ray.get(self.policy_actor.pause.remote(mode), timeout=timeout_s)
+        with self._cond:
+            self._paused_at = self._paused_at or time.monotonic()
 
     def resume(self) -> None:
         """After the weight update: blocked and aborted model calls go (to the new policy)."""
         import ray
 
         ray.get(self.policy_actor.resume.remote(), timeout=60)
+        with self._cond:
+            paused_at, self._paused_at = self._paused_at, None
+        if paused_at is not None and time.monotonic() - paused_at > self.max_pause_s:
+            self._long_pauses += 1
+            log.warning("the pause lasted %.0f s, longer than max_pause_s=%s: sandboxes' hard "
+                        "lifetimes (Modal's timeout, Daytona's TTL) were budgeted for "
+                        "timeout_s + max_pause_s, so members may have lost theirs (they "
+                        "are retried as infra errors); raise max_pause_s",
+                        time.monotonic() - paused_at, self.max_pause_s)
 
     def policy_state(self) -> dict[str, Any]:
         import ray
@@ -295,7 +309,8 @@ class RolloutSource(GroupAssembly):
                     "ready": len(self._ready), "emitted": self._emitted,
                     "taken": self._taken, "consumed": self.log.count("consumed"),
                     "dropped": self.log.count("dropped"),
-                    "cancelled": self.log.count("cancelled"), **self.staleness.report()}
+                    "cancelled": self.log.count("cancelled"),
+                    "long_pauses": self._long_pauses, **self.staleness.report()}
 
     def _starved_message(self) -> str:
         dropped = self.log.count("dropped")

@@ -119,19 +119,23 @@ def test_an_unknown_policy_endpoint_is_one_clear_error(ray_local, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_hold_longer_than_the_deadline_stops_the_clock_and_the_group_finishes(ray_local,
-                                                                               tmp_path):
+def test_a_hold_longer_than_the_deadline_stops_the_clock_and_the_group_finishes(
+        ray_local, tmp_path, caplog):
     import time
 
     account = f"rl-{uuid.uuid4().hex[:6]}"
     with ScriptedModel(lambda m, t: answer("a")) as model:
-        source = _source(tmp_path, model, account, timeout_s=4.0)
+        source = _source(tmp_path, model, account, timeout_s=4.0, max_pause_s=3.0)
         source.pause("hold")
         source.submit(_task(0), n=2)
         wait_for(lambda: source.policy_state()["waiting"] == 2, 60,
                  "both members' model calls blocked by the hold")
         time.sleep(6.0)  # the weight update itself: longer than the 4 s deadline
-        source.resume()
+        with caplog.at_level("WARNING", logger="hud_ray.rl"):
+            source.resume()
+        # Longer than the sandboxes' lifetimes were budgeted for: said, and counted.
+        assert "longer than max_pause_s=3.0" in caplog.text
+        assert source.stats()["long_pauses"] == 1
         group = source.next_group(timeout_s=60)
         source.ack(group.group_id)
         source.close()
