@@ -24,6 +24,7 @@ pytest.importorskip("ipykernel", reason="needs the [notebook] extra")
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "quickstart.ipynb"
+RL_NOTEBOOK = REPO / "examples" / "rl" / "plot.ipynb"
 KERNEL = "hud-ray-test-venv"
 MARKER = "HUD_RAY_NOTEBOOK_TEST"
 
@@ -109,6 +110,45 @@ def test_quickstart_executes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert sum((r / "manifest.json").is_file() for r in runs) == 3, runs
 
     # ray.shutdown() in the last cell + kernel shutdown: nothing the notebook started lives on.
+    deadline = time.monotonic() + 30
+    while (alive := _marked_processes(marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive, f"left running after the notebook: {[p.name() for p in alive]}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_rl_notebook_executes_a_short_grpo_run(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/rl/plot.ipynb as a user runs it (from the repository root), with 4 steps
+    instead of 50 and the runs written under tmp_path: the loop runs, the table and the
+    plots come out, and its staleness assertion holds."""
+    marker = uuid.uuid4().hex
+    _write_kernelspec(tmp_path / "jupyter", {
+        MARKER: marker, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "local",
+        "HUD_RAY_STATE_DIR": os.environ["HUD_RAY_STATE_DIR"],
+        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+    })
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    nb = nbformat.read(RL_NOTEBOOK, as_version=4)
+    first = next(c for c in nb.cells if c.cell_type == "code" and "grpo.main" in c.source)
+    short = first.source.replace('"--steps", "50"', '"--steps", "4"').replace(
+        '"--out", "runs"', f'"--out", {str(tmp_path / "runs")!r}')
+    assert short.count(str(tmp_path)) == 1 and '"4"' in short, "the notebook's call changed"
+    first.source = short + "\nimport ray\n"
+    nb.cells.append(nbformat.v4.new_code_cell("ray.shutdown()"))
+    client = nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=300, startup_timeout=120,
+                                     resources={"metadata": {"path": str(REPO)}})
+    client.execute()
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    plots = [o for c in code for o in c.outputs if "image/png" in o.get("data", {})]
+    assert plots, "the plot cell drew nothing"
+    table = next(o["data"]["text/plain"] for c in code for o in c.outputs
+                 if "reward_mean" in o.get("data", {}).get("text/plain", ""))
+    assert "lag_max" in table and len(table.splitlines()) == 5  # header + steps 0-3
+    metrics = list((tmp_path / "runs").glob("*/rl/metrics.jsonl"))
+    assert len(metrics) == 1 and len(metrics[0].read_text().splitlines()) == 4
     deadline = time.monotonic() + 30
     while (alive := _marked_processes(marker)) and time.monotonic() < deadline:
         time.sleep(0.2)
