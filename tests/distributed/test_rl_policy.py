@@ -66,14 +66,15 @@ def _turn_versions(group) -> list[tuple[int, int, int]]:
 @pytest.mark.slow
 def test_drain_swaps_weights_between_calls_and_every_turn_has_its_version(ray_local, tmp_path):
     account = f"rl-{uuid.uuid4().hex[:6]}"
-    # 429s above 40 requests/s: the endpoint governor's transport (under the policy's)
-    # waits out Retry-After and sends again, so no member fails on them.
+    # 429s for the first 8 requests and above 40 requests/s: the endpoint governor's
+    # transport (under the policy's) waits out Retry-After and sends again, so no member
+    # fails on them.
     with ScriptedModel(lambda m, t: answer("a"), latency_s=_long_tail(0.05),
-                       limit_per_s=40) as model:
+                       limit_per_s=40, refuse_first=8) as model:
         source = _source(tmp_path, model, account, llm_limits={"max_retries_429": 30})
         taken = _train(source, model, "drain", groups=24)
         served = list(model.served)
-    assert model.rate_limited > 0, "the endpoint did rate-limit"
+    assert model.rate_limited >= 8, "the endpoint did rate-limit"
     assert len(taken) == 24 and all(m.reward == 1.0 for g in taken for m in g.members)
     assert served and all(int(sent) == weights for sent, weights in served), \
         "drain: no model call answered by weights other than the version it was sent under"

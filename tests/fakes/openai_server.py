@@ -54,6 +54,7 @@ def answer(text: str) -> dict[str, Any]:
 class ScriptedModel:
     def __init__(self, policy: Policy, model: str = "scripted-1",
                  limit_per_s: int | None = None,
+                 refuse_first: int = 0,
                  latency_s: Callable[[], float] | None = None) -> None:
         self.policy = policy
         self.model = model
@@ -67,6 +68,9 @@ class ScriptedModel:
         # 429 mode: more than `limit_per_s` requests in the last second get
         # `429 Too Many Requests` with `Retry-After: 1`, as a rate-limited API answers.
         self.limit_per_s = limit_per_s
+        # and the first `refuse_first` requests get it whatever the rate: a test that
+        # needs 429s to happen cannot depend on how fast a loaded machine sends.
+        self.refuse_first = refuse_first
         self.rate_limited = 0
         self._recent: deque[float] = deque()
         self.answered_at: list[float] = []  # when each answered (not 429) request came in
@@ -101,6 +105,10 @@ class ScriptedModel:
 
     def over_limit(self) -> bool:
         """Count this request against the per-second limit; True: answer 429."""
+        with self._lock:
+            if self.rate_limited < self.refuse_first:
+                self.rate_limited += 1
+                return True
         if self.limit_per_s is None:
             return False
         with self._lock:
