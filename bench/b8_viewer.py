@@ -110,10 +110,13 @@ def run(out: Path, quick: bool) -> Bench:
                                   load=(load0, loadavg())))
             bench.rows.append(Row(f"viewer table, {n:,} rows", m["table_s"], "s",
                                   ratio=m["report_s"] / m["table_s"],
+                                  metric="time to first paint (s) of the table, cold",
                                   note="first paint of the rollouts grid (count + first row)"))
             bench.rows.append(Row(f"viewer server RSS, {n:,} rows", m["rss_mib"], "MiB",
+                                  metric="server RSS",
                                   note="after every page above and a scroll to the end"))
             bench.rows.append(Row(f"hud-ray report (baseline), {n:,} rows", m["report_s"], "s",
+                                  metric="seconds to the same numbers in a terminal",
                                   note="the terminal report of the same run, process start "
                                        "included"))
         browser.close()

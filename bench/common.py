@@ -37,6 +37,7 @@ class Row:
     extra: dict[str, Any] = field(default_factory=dict)
     note: str = ""
     load: tuple[float, float] | None = None  # 1-min load average before / after
+    metric: str | None = None  # this row's own metric, where it is not the benchmark's
 
 
 @dataclass
@@ -269,7 +270,7 @@ def table_lines(benches: list[Bench]) -> list[str]:
         for r in b.rows:
             value = f"{fmt(r.value)} {r.unit}".strip() if r.value is not None else "—"
             ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
-            lines.append(f"| {b.id} | {r.contender} | {b.metric} | {value} | {ratio} | "
+            lines.append(f"| {b.id} | {r.contender} | {r.metric or b.metric} | {value} | {ratio} | "
                          f"{r.note} |")
     return lines
 
