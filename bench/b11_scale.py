@@ -58,11 +58,11 @@ def run(out: Path, quick: bool) -> Bench:
                               load=(load0, loadavg())))
     growth = res["rss_growth_mb"]
     bench.rows.append(Row(f"driver RSS growth, row {block:,} to {n:,}", growth, "MB",
-                          extra={"rss_mb": res["rss_mb"]}))
+                          metric="driver RSS growth", extra={"rss_mb": res["rss_mb"]}))
     bench.rows.append(Row("Parquet files: most on disk during the run", res["max_parts"],
-                          "files"))
+                          "files", metric="Parquet files"))
     bench.rows.append(Row("Parquet files after close (compacted)", res["final_parts"], "files",
-                          extra={"rows": res["rows"], "statuses": res["statuses"]}))
+                          metric="Parquet files", extra={"rows": res["rows"], "statuses": res["statuses"]}))
     flat = rates[-1] / rates[1] if rates[1] else 0.0
     bench.met = flat >= TARGET_FLAT and growth <= TARGET_RSS_MB and res["final_parts"] <= 2
     bench.verdict = (
