@@ -2,8 +2,9 @@
 
 What bounds B9's ratio is the workload and the staleness rule, not the executor: with
 long-tailed rollouts a synchronous step waits for the slowest of its B·n rollouts, and the
-rollout source at `max_staleness` S may start at most (version + S + 1)·B groups (the
-capacity rule), each on a free slot in FIFO order. This model plays both loops with no
+rollout source at `max_staleness` S keeps the groups emitted plus running under
+(version + S + 1)·B (the capacity rule, as `hud_ray.rl.staleness.may_start`), its
+members on free slots in FIFO order, and drops a group that is over the bound. This model plays both loops with no
 cost but the rollouts' own durations and the trainer's step, so the measured rows can be
 read against what any executor following the same rules could get.
 """
@@ -24,12 +25,13 @@ class Workload:
     group_size: int
     slots: int
     train_s: float
-    cold_start_s: float = 0.2
+    cold_start_s: float = 0.2  # these four as the sim provider's options of the same name
+    mu: float = 0.0
     sigma: float = 1.0
     max_s: float = 20.0
 
     def draw(self, rng: random.Random) -> float:
-        return self.cold_start_s + min(rng.lognormvariate(0.0, self.sigma), self.max_s)
+        return self.cold_start_s + min(rng.lognormvariate(self.mu, self.sigma), self.max_s)
 
 
 def sync_wall(w: Workload, rng: random.Random) -> float:
@@ -51,11 +53,13 @@ def source_wall(w: Workload, rng: random.Random, staleness: int) -> tuple[float,
 
     def fill() -> None:
         nonlocal admitted, free
-        live = sum(1 for n in left.values() if n > 0)
-        while admitted < (version + staleness + 1) * b and trained + live + len(ready) < goal:
+        # hud_ray.rl.staleness.may_start: groups emitted (trained or ready) plus running
+        # stay under (version + S + 1)·B; a dropped group frees its place.
+        counted = trained + len(ready) + sum(1 for n in left.values() if n > 0)
+        while counted < min((version + staleness + 1) * b, goal):
             started_at[admitted], left[admitted] = version, w.group_size
             queue.extend([admitted] * w.group_size)
-            admitted, live = admitted + 1, live + 1
+            admitted, counted = admitted + 1, counted + 1
         while free and queue:
             free -= 1
             heapq.heappush(running, (now + w.draw(rng), queue.popleft()))
@@ -92,7 +96,10 @@ def source_wall(w: Workload, rng: random.Random, staleness: int) -> tuple[float,
     return now, dropped
 
 
-def expected(w: Workload, staleness_levels: tuple[int, ...], draws: int = 300,
+DRAWS = 300
+
+
+def expected(w: Workload, staleness_levels: tuple[int, ...], draws: int = DRAWS,
              seed: int = 0) -> dict[str, float]:
     """Mean walls over `draws` workloads: 'sync' and 'S<k>' per staleness level."""
     out = {"sync": statistics.mean(sync_wall(w, random.Random(seed + 10_000 + i))

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .b5_local_vs_hud import ENV_FILE, _hud_env, find_hud_python
-from .b9_model import Workload, expected
+from .b9_model import DRAWS, Workload, expected
 from .common import REPO, Bench, Row, loadavg
 
 HUD_LOOP = REPO / "bench" / "baselines" / "hud_grpo_loop.py"
@@ -179,19 +179,22 @@ def run(out: Path, quick: bool) -> Bench:
             load=(load, loadavg())))
         bench.notes.append(f"staleness 1 vs hud's Taskset.run loop: "
                            f"{results[1] / hud_rate:.2f}x")
-    model = expected(Workload(steps, per_step, n, slots, train_s), (0, 1, 4))
+    sim = _sim("model")
+    model = expected(Workload(steps, per_step, n, slots, train_s, sim["cold_start_s"],
+                              sim["duration_mu"], sim["duration_sigma"],
+                              sim["duration_max_s"]), (0, 1, 4))
     goal = steps * per_step
     for staleness in (0, 1, 4):
         bench.rows.append(Row(
             f"reference: zero-overhead model, max_staleness {staleness} (computed)",
             round(goal / model[f"S{staleness}"], 3), "groups/s",
             ratio=round(model["sync"] / model[f"S{staleness}"], 2),
-            note="ratio: vs the model's synchronous loop; mean of 300 drawn workloads "
+            note=f"ratio: vs the model's synchronous loop; mean of {DRAWS} drawn workloads "
                  "(bench/b9_model.py)"))
     ratio = results[1] / base if base else 0.0
     ideal = model["sync"] / model["S1"]
     bench.met = ratio >= 2.0
     bench.verdict = (f"staleness 1: {ratio:.2f}x the synchronous loop "
                      f"({results[1]:.3f} vs {base:.3f} groups/s); with zero overhead the "
-                     f"same rules give {ideal:.2f}x on this workload (mean over 300 draws)")
+                     f"same rules give {ideal:.2f}x on this workload (mean over {DRAWS} draws)")
     return bench

@@ -109,9 +109,8 @@ class ScriptedModel:
             if self.rate_limited < self.refuse_first:
                 self.rate_limited += 1
                 return True
-        if self.limit_per_s is None:
-            return False
-        with self._lock:
+            if self.limit_per_s is None:
+                return False
             now = time.monotonic()
             while self._recent and now - self._recent[0] >= 1.0:
                 self._recent.popleft()
