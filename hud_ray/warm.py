@@ -19,7 +19,7 @@ from collections import defaultdict, deque
 
 from hud_ray.rollout import Prepared, RolloutConfig, sandbox_spec
 from hud_ray.tasks import Rollout
-from providers import EnvStartError, Provider, SandboxSpec, shielded
+from providers import EnvStartError, Provider, SandboxSpec, sandbox_name, shielded
 
 log = logging.getLogger("hud_ray.warm")
 STOP_AFTER_FAILURES = 3  # consecutive failed warm-ups: warm no more (rollouts go cold)
@@ -93,7 +93,10 @@ class WarmPool:
 
     def _spec(self, rollout: Rollout) -> SandboxSpec:
         spec = sandbox_spec(rollout, self.config, self.config.deadline_s)
-        name = f"hudray-w-{self.worker_id}-{next(self._names)}"
+        # Named by run as well as worker: a kept worker (hud_ray.pool) warms again in the
+        # next run, and a name it reused would meet the same sim fate in every run.
+        name = sandbox_name(self.config.run_id, f"warm/{self.worker_id}/{next(self._names)}",
+                            0, self.config.incarnation)
         # It may wait in the pool for a whole rollout before its own begins.
         return spec.model_copy(update={"name": name, "lifetime_s": 2 * spec.lifetime_s})
 

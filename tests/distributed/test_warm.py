@@ -63,3 +63,23 @@ def test_scheduler_prefers_rollouts_matching_a_workers_warm_kind(tmp_path):
     assert [r.task.args["i"] for r, _ in picked] == [3, 5, 2]
     rest = scheduler._take(20, WorkerSlot(2, None, 20, "w2"))
     assert [r.task.args["i"] for r, _ in rest] == [4, 6, 7, 8, 9, 10, 11]
+
+
+def test_a_kept_worker_names_its_warm_sandboxes_anew_in_each_run(ray_local, tmp_path):
+    """A second run on the same kept worker must not reuse the first run's warm sandbox
+    names: the sim draws each sandbox's fate (work time, failures) from its name, so a
+    reused name replayed one run's draws in every later run (B9's synchronous loop met
+    the same 20 s rollout at every step), and a real provider would meet old names."""
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_text("".join(json.dumps({"env": "sim", "id": "t", "args": {"i": i}}) + "\n"
+                             for i in range(12)))
+    account = f"names-{uuid.uuid4().hex[:6]}"
+    runs = [run_distributed(tasks, "nop", provider="sim", concurrency=2, workers=1,
+                            out=tmp_path / "runs", run_id=run_id, progress=False, warm=1,
+                            account=account, cold_start_s="0.2", duration_s="0.05"
+                            ).to_pylist() for run_id in ("first", "second")]
+    assert runs[0][0]["worker_id"] == runs[1][0]["worker_id"], "the worker was kept"
+    warm = [{r["sandbox_id"] for r in rows if r["provision_s"] == 0.0} for rows in runs]
+    assert warm[0] and warm[1], "both runs used warm sandboxes"
+    assert not warm[0] & warm[1]
+    assert sim_stats(account)["live"] == 0
